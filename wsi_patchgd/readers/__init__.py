@@ -1,0 +1,163 @@
+"""Slide readers: one protocol (:class:`SlideReader`), one module per source kind.
+
+:func:`open_slide` picks the reader by trying them in order:
+
+1. OpenSlide, for every vendor format it knows. When OpenSlide identifies an Aperio SVS or a
+   generic tiled TIFF and tifffile sees the same pyramid, the tifffile reader is used for the
+   pixels instead (byte-identical on the test slides, ~3x faster per core, thread-parallel);
+   vendor, mpp and objective power still come from OpenSlide.
+2. tifffile: plain, OME, non-pyramidal TIFF; also fsspec URLs.
+3. Pillow: PNG, JPEG and other plain images.
+
+A directory that is a wsi_patchgd store opens as a :class:`StoreReader`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ..errors import SlideReadError, StoreError
+from ..io import StorageOptions, filesystem, is_remote, local_path
+from .base import Level, SlideInfo, SlideReader, to_rgb_uint8
+from .image import ImageReader
+from .openslide import OpenSlideReader
+from .store import StoreReader
+from .tiff import TiffReader
+
+__all__ = [
+    "ImageReader",
+    "Level",
+    "OpenSlideReader",
+    "READERS",
+    "SlideInfo",
+    "SlideReader",
+    "StoreReader",
+    "TiffReader",
+    "open_slide",
+    "to_rgb_uint8",
+]
+
+READERS = ("auto", "openslide", "tifffile", "pillow", "store")
+
+_TIFF_VENDORS = {"aperio", "generic-tiff"}
+
+
+def _check_exists(source: str, storage_options: StorageOptions | None) -> str:
+    """'file', 'dir'; raises SlideReadError for missing or empty paths."""
+    if is_remote(source):
+        fs, path = filesystem(source, storage_options)
+        try:
+            if fs.isdir(path):
+                return "dir"
+            size = fs.size(path)
+        except FileNotFoundError:
+            size = None
+        except PermissionError as exc:
+            raise SlideReadError(f"{source}: access denied ({exc}); check credentials") from exc
+        if size is None:
+            raise SlideReadError(f"{source}: no such file")
+    else:
+        p = local_path(source)
+        if not p.exists():
+            raise SlideReadError(f"{source}: no such file")
+        if p.is_dir():
+            return "dir"
+        size = p.stat().st_size
+    if size == 0:
+        raise SlideReadError(f"{source}: empty file (0 bytes); copy or download it again")
+    return "file"
+
+
+def open_slide(
+    source: str | os.PathLike[str],
+    storage_options: StorageOptions | None = None,
+    reader: str = "auto",
+) -> SlideReader:
+    """Open a slide file, image or store with the first reader that can read it.
+
+    Args:
+        source: path or URL.
+        storage_options: fsspec options for URLs.
+        reader: ``auto`` or one of ``openslide``, ``tifffile``, ``pillow``, ``store``.
+
+    Returns:
+        An open :class:`SlideReader` (use it as a context manager).
+
+    Raises:
+        SlideReadError: missing, empty, a directory that is no store, or no reader can read it;
+            the message names the file and what each reader said.
+    """
+    src = str(source)
+    if reader not in READERS:
+        raise SlideReadError(f"{src}: unknown reader {reader!r}; choose one of {READERS}")
+    kind = _check_exists(src, storage_options)
+    if kind == "dir" or reader == "store":
+        try:
+            return StoreReader(src, storage_options)
+        except StoreError as exc:
+            if kind == "dir":
+                raise SlideReadError(
+                    f"{src}: is a directory, not a slide ({exc}); give slide files or a glob"
+                ) from exc
+            raise SlideReadError(str(exc)) from exc
+    if reader == "openslide":
+        return OpenSlideReader(src)
+    if reader == "tifffile":
+        return TiffReader(src, storage_options)
+    if reader == "pillow":
+        return ImageReader(src, storage_options)
+
+    tried: list[str] = []
+    if not is_remote(src):
+        try:
+            osr = OpenSlideReader(src)
+        except SlideReadError as exc:
+            tried.append(f"OpenSlide: {_reason(exc, src)}")
+        else:
+            if osr.vendor in _TIFF_VENDORS:
+                fast = _tiff_twin(osr, src)
+                if fast is not None:
+                    osr.close()
+                    return fast
+            return osr
+    attempts: list[tuple[str, Callable[[], SlideReader]]] = [
+        ("tifffile", lambda: TiffReader(src, storage_options)),
+        ("Pillow", lambda: ImageReader(src, storage_options)),
+    ]
+    for label, make in attempts:
+        try:
+            return make()
+        except SlideReadError as exc:
+            tried.append(f"{label}: {_reason(exc, src)}")
+    raise SlideReadError(
+        f"{src}: unsupported or corrupt slide; tried " + "; ".join(tried)
+    )
+
+
+def _reason(exc: Exception, src: str) -> str:
+    msg = str(exc)
+    prefix = f"{src}: "
+    return msg[len(prefix) :] if msg.startswith(prefix) else msg
+
+
+def _tiff_twin(osr: OpenSlideReader, src: str) -> TiffReader | None:
+    """The tifffile reader for the same pyramid, carrying OpenSlide's metadata, or None."""
+    try:
+        tr = TiffReader(src)
+    except SlideReadError:
+        return None
+    same = len(tr.levels) == len(osr.levels) and all(
+        (a.width, a.height) == (b.width, b.height)
+        for a, b in zip(tr.levels, osr.levels, strict=True)
+    )
+    if not same:
+        tr.close()
+        return None
+    tr.levels = osr.levels
+    tr.vendor = osr.vendor
+    tr.format = osr.format
+    tr.mpp = osr.mpp
+    tr.objective_power = osr.objective_power
+    tr.properties = {**osr.properties, **tr.properties}
+    return tr

@@ -1,0 +1,81 @@
+"""The on-disk layout of one slide store (a Zarr v3 group), in one place.
+
+```
+<slide>.zarr/
+  zarr.json                 group; attributes: "ome" (OME-NGFF 0.5 multiscales + omero) and
+                            "wsi_patchgd" (ours; "complete": true is written last)
+  0, 1, 2, ...              uint8 arrays (c, y, x) = (3, H_l, W_l); chunk (3, P, P) where P is the
+                            patch size; shards of (3, S, S) with S = P * shard_patches
+  tissue/mask               bool (h_m, w_m): tissue mask at a coarse level (downsample recorded)
+  tissue/fraction/<level>   float32 (n_h, n_w): tissue fraction of every P x P patch of a level
+  .progress/<level>/<sy>.<sx>  empty marker objects while a conversion runs (deleted at the end)
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FORMAT_VERSION = 1
+ATTR_KEY = "wsi_patchgd"
+OME_VERSION = "0.5"
+PROGRESS_PREFIX = ".progress"
+FILL_VALUE = 255  # white: glass / padding
+
+CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "none")
+
+
+def compressors(codec: str, level: int | None = None) -> Any:
+    """Zarr v3 compressor list for a codec name (all lossless).
+
+    ``blosc-lz4`` (default) encodes H&E at ~200 MP/s per core and decodes at ~640 MP/s (ratio
+    ~2.4 on the real CMU-1 region); ``blosc-zstd`` / ``zstd`` trade speed for ~15 % smaller stores.
+    """
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if codec == "blosc-lz4":
+        return [BloscCodec(cname="lz4", clevel=level or 5, shuffle="noshuffle", typesize=1)]
+    if codec == "blosc-zstd":
+        return [BloscCodec(cname="zstd", clevel=level or 1, shuffle="noshuffle", typesize=1)]
+    if codec == "zstd":
+        return [ZstdCodec(level=level or 3)]
+    if codec == "none":
+        return None
+    raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+
+
+def ome_multiscales(
+    name: str, downsamples: list[float], mpp: float | None
+) -> dict[str, Any]:
+    """OME-NGFF 0.5 ``ome`` attribute for levels with the given downsamples."""
+    unit = {"unit": "micrometer"} if mpp else {}
+    px = mpp or 1.0
+    datasets = [
+        {
+            "path": str(i),
+            "coordinateTransformations": [{"type": "scale", "scale": [1.0, px * d, px * d]}],
+        }
+        for i, d in enumerate(downsamples)
+    ]
+    return {
+        "version": OME_VERSION,
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space", **unit},
+                    {"name": "x", "type": "space", **unit},
+                ],
+                "datasets": datasets,
+                "type": "mean (2x2)",
+            }
+        ],
+        "omero": {
+            "channels": [
+                {"label": c, "color": col, "window": {"start": 0, "end": 255, "min": 0, "max": 255}}
+                for c, col in (("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF"))
+            ],
+            "rdefs": {"model": "color"},
+        },
+    }

@@ -1,0 +1,182 @@
+"""Reading a slide store: levels, regions, batched patch reads, tissue mask and patch table."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from ..errors import StoreError, StoreIncompleteError
+from ..io import StorageOptions, zarr_store
+from .format import ATTR_KEY, FILL_VALUE, FORMAT_VERSION
+
+
+class SlideStore:
+    """A converted slide: a Zarr v3 group written by :func:`wsi_patchgd.store.convert_slide`.
+
+    Args:
+        url: local path or URL of the store (``s3://bucket/slide.zarr`` ...).
+        storage_options: fsspec options for remote URLs.
+        require_complete: refuse stores not marked complete (the default).
+
+    Raises:
+        StoreError: nothing there, or not a wsi_patchgd store, or a newer format.
+        StoreIncompleteError: the conversion that wrote it did not finish.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: StorageOptions | None = None,
+        *,
+        require_complete: bool = True,
+    ) -> None:
+        self.url = str(url)
+        store = zarr_store(self.url, storage_options, read_only=True)
+        try:
+            self.group = zarr.open_group(store, mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
+            raise StoreError(
+                f"{self.url}: no Zarr store there; create it with `wsi-patchgd convert`"
+            ) from exc
+        attrs = dict(self.group.attrs)
+        if ATTR_KEY not in attrs:
+            raise StoreError(
+                f"{self.url}: a Zarr group but not a wsi_patchgd store (no '{ATTR_KEY}' "
+                "attributes); create it with `wsi-patchgd convert`"
+            )
+        self.meta: dict[str, Any] = attrs[ATTR_KEY]
+        if int(self.meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise StoreError(
+                f"{self.url}: store format {self.meta.get('format_version')} is newer than this "
+                f"wsi_patchgd understands ({FORMAT_VERSION}); upgrade wsi_patchgd"
+            )
+        if require_complete and self.meta.get("complete") is not True:
+            raise StoreIncompleteError(
+                f"{self.url}: store is incomplete (its conversion did not finish); rerun "
+                "`wsi-patchgd convert` on its source to resume it"
+            )
+        self.ome: dict[str, Any] = attrs.get("ome", {})
+        self._arrays: dict[int, Any] = {}
+
+    # -- metadata --------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return self.meta.get("complete") is True
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.meta["patch_size"])
+
+    @property
+    def mpp(self) -> float | None:
+        v = self.meta.get("mpp")
+        return float(v) if v else None
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.meta.get("levels", []))
+
+    def level_shape(self, level: int) -> tuple[int, int]:
+        """(height, width) of a level."""
+        h, w = self.meta["levels"][level]["shape"][1:]
+        return int(h), int(w)
+
+    def downsample(self, level: int) -> float:
+        return float(self.meta["levels"][level]["downsample"])
+
+    def grid_shape(self, level: int, patch_size: int | None = None) -> tuple[int, int]:
+        """(n_h, n_w) of the non-overlapping patch grid of a level (last row/col padded)."""
+        p = patch_size or self.patch_size
+        h, w = self.level_shape(level)
+        return (h + p - 1) // p, (w + p - 1) // p
+
+    def array(self, level: int) -> zarr.Array:
+        """The Zarr array of a level, (3, H, W) uint8."""
+        if level not in self._arrays:
+            if not 0 <= level < max(self.n_levels, 1):
+                raise StoreError(
+                    f"{self.url}: level {level} does not exist (levels 0..{self.n_levels - 1})"
+                )
+            self._arrays[level] = self.group[str(level)]
+        return self._arrays[level]
+
+    # -- pixels ----------------------------------------------------------------------------
+    def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """(3, height, width) uint8 of a level; outside the image is white."""
+        return self.read_regions(level, [(x, y)], width, height)[0]
+
+    def read_regions(
+        self, level: int, origins: Sequence[tuple[int, int]], width: int, height: int
+    ) -> np.ndarray:
+        """Many same-size regions of one level, read concurrently.
+
+        Args:
+            level: level index.
+            origins: (x, y) top-left corners in the level's pixels.
+            width, height: region size.
+
+        Returns:
+            (len(origins), 3, height, width) uint8; outside the image is white.
+        """
+        arr = self.array(level)
+        H, W = arr.shape[1:]
+        out = np.full((len(origins), 3, height, width), FILL_VALUE, np.uint8)
+        jobs: list[tuple[int, tuple[slice, slice, slice], tuple[slice, slice]]] = []
+        for i, (x, y) in enumerate(origins):
+            x0, y0 = max(x, 0), max(y, 0)
+            x1, y1 = min(x + width, W), min(y + height, H)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            jobs.append(
+                (
+                    i,
+                    (slice(None), slice(y0, y1), slice(x0, x1)),
+                    (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)),
+                )
+            )
+        if not jobs:
+            return out
+        aarr = arr._async_array
+
+        async def _all() -> list[Any]:
+            return await asyncio.gather(*(aarr.getitem(sel) for _, sel, _ in jobs))
+
+        results = sync(_all())
+        for (i, _, dst), data in zip(jobs, results, strict=True):
+            out[i, :, dst[0], dst[1]] = np.asarray(data)
+        return out
+
+    def read_patches(
+        self, level: int, rows: Sequence[int], cols: Sequence[int], patch_size: int | None = None
+    ) -> np.ndarray:
+        """Patches of the level's grid by (row, col): (m, 3, P, P) uint8, read concurrently."""
+        p = patch_size or self.patch_size
+        return self.read_regions(
+            level, [(int(c) * p, int(r) * p) for r, c in zip(rows, cols, strict=True)], p, p
+        )
+
+    # -- tissue ----------------------------------------------------------------------------
+    def tissue_mask(self) -> np.ndarray:
+        """The stored tissue mask (bool, at ``meta['tissue']['mask_downsample']``)."""
+        return np.asarray(self.group["tissue/mask"][:]).astype(bool)
+
+    @property
+    def mask_downsample(self) -> float:
+        return float(self.meta["tissue"]["mask_downsample"])
+
+    def patch_fractions(self, level: int = 0) -> np.ndarray:
+        """Tissue fraction of every patch of a level's grid, float32 (n_h, n_w)."""
+        key = f"tissue/fraction/{level}"
+        try:
+            return np.asarray(self.group[key][:], dtype=np.float32)
+        except KeyError as exc:
+            raise StoreError(f"{self.url}: no patch table for level {level} ({key})") from exc
+
+    @property
+    def tissue_fraction(self) -> float:
+        return float(self.meta["tissue"]["fraction"])
