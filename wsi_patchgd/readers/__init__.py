@@ -98,7 +98,8 @@ def open_slide(
         except StoreError as exc:
             if kind == "dir":
                 raise SlideReadError(
-                    f"{src}: is a directory, not a slide ({exc}); give slide files or a glob"
+                    f"{src}: is a directory, not a slide or a wsi_patchgd store; give slide "
+                    "files or a glob"
                 ) from exc
             raise SlideReadError(str(exc)) from exc
     if reader == "openslide":

@@ -1,0 +1,246 @@
+"""Many slides in one job on ``dask.distributed``, with a progress bar and a JSON report.
+
+A ``LocalCluster`` (one worker process-free, threads = ``workers``) by default, or any running
+scheduler (``tcp://host:8786``), so SLURM/PBS via dask-jobqueue and Kubernetes via
+dask-kubernetes work with no code of ours (the workers must import ``wsi_patchgd`` and reach the
+sources and the output URL). A failing slide is reported and skipped; the others finish.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import WsiPatchGDError
+from ..io import StorageOptions, filesystem, is_remote, join
+from .convert import ConvertOptions, SlideResult, _write_shard, convert_slide, store_name
+
+_GLOB_CHARS = set("*?[")
+
+
+def expand_sources(
+    inputs: Sequence[str], storage_options: StorageOptions | None = None
+) -> tuple[list[str], list[SlideResult]]:
+    """Expand globs (local or remote). Returns (sources, failures for patterns matching nothing)."""
+    out: list[str] = []
+    failed: list[SlideResult] = []
+    for item in inputs:
+        if not _GLOB_CHARS & set(item):
+            out.append(item)
+            continue
+        if is_remote(item):
+            fs, _ = filesystem(item, storage_options)
+            proto = item.split("://", 1)[0]
+            matches = [f"{proto}://{m}" for m in sorted(fs.glob(item.split("://", 1)[1]))]
+        else:
+            matches = sorted(glob.glob(item))
+        if not matches:
+            failed.append(SlideResult(item, "", "failed", "no file matches this pattern"))
+        out.extend(matches)
+    return out, failed
+
+
+@contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """A distributed Client: to ``scheduler`` if given, else on a fresh threaded LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    threads = workers or os.cpu_count() or 1
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=threads,
+            processes=False,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def dask_shard_runner(client: Any) -> Callable[..., None]:
+    """Run one level's shard tasks as a lazy Dask graph on ``client``."""
+    import dask
+    from distributed import as_completed
+
+    def run(tasks: list[tuple[Any, ...]], on_done: Callable[[float], None]) -> None:
+        graph = [dask.delayed(_write_shard, pure=False)(*t) for t in tasks]
+        futures = client.compute(graph)
+        try:
+            for fut in as_completed(futures):
+                on_done(fut.result())
+        except BaseException:
+            client.cancel(futures)
+            raise
+
+    return run
+
+
+class _Progress:
+    """A megapixel progress bar over the whole job, or a line per slide in quiet mode."""
+
+    def __init__(self, n_slides: int, quiet: bool) -> None:
+        self.quiet = quiet
+        self.n = n_slides
+        self.done = 0
+        self.lock = threading.Lock()
+        self.bar: Any = None
+        if not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=0.0, unit="MP", desc="convert", file=sys.stderr,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} MP "
+                            "[{elapsed}<{remaining}, {rate_fmt}]")
+
+    def plan(self, mp: float) -> None:
+        if self.bar is not None:
+            with self.lock:
+                self.bar.total += mp
+                self.bar.refresh()
+
+    def advance(self, mp: float) -> None:
+        if self.bar is not None:
+            with self.lock:
+                self.bar.update(mp)
+
+    def slide_done(self, r: SlideResult) -> None:
+        with self.lock:
+            self.done += 1
+            line = f"[{self.done}/{self.n}] {r.status}: {r.source}"
+            if r.status == "ok":
+                line += f" -> {r.store} ({r.megapixels:.1f} MP, {r.seconds:.1f} s)"
+            elif r.reason:
+                line += f" ({r.reason})" if r.status == "skipped" else ""
+            if r.status == "failed":
+                line = f"error: {r.reason}"
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def convert_many(
+    inputs: Sequence[str],
+    out: str,
+    options: ConvertOptions | None = None,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    report: str | None = None,
+    quiet: bool = False,
+    source_options: StorageOptions | None = None,
+    store_options: StorageOptions | None = None,
+    client: Any = None,
+    max_parallel_slides: int = 4,
+) -> list[SlideResult]:
+    """Convert slides into ``out/<name>.zarr`` stores; never stops at a bad slide.
+
+    Args:
+        inputs: slide paths, URLs or glob patterns.
+        out: output root (path or URL).
+        options: conversion options.
+        scheduler: address of a running Dask scheduler (default: a LocalCluster).
+        workers: threads of the LocalCluster (default: all cores).
+        report: where to write the JSON report (path or URL), if anywhere.
+        quiet: a line per slide instead of a progress bar.
+        source_options, store_options: fsspec options.
+        client: an existing ``distributed.Client`` to use (overrides scheduler/workers).
+        max_parallel_slides: slides prepared and written at once.
+
+    Returns:
+        One :class:`SlideResult` per input slide (ok / failed / skipped), in input order.
+    """
+    options = options or ConvertOptions()
+    sources, failures = expand_sources(inputs, source_options)
+    names: dict[str, str] = {}
+    progress = _Progress(len(sources) + len(failures), quiet)
+    results: dict[int, SlideResult] = {}
+    for f in failures:
+        progress.slide_done(f)
+
+    def one(i: int, src: str, runner: Callable[..., None]) -> None:
+        name = store_name(src)
+        dest = join(out, name)
+        if name in names:
+            r = SlideResult(src, dest, "failed",
+                            f"{src}: same store name as {names[name]}; rename one of them")
+        else:
+            names[name] = src
+            try:
+                r = convert_slide(
+                    src, dest, options,
+                    source_options=source_options, store_options=store_options,
+                    run_shards=runner, on_progress=progress.advance, on_plan=progress.plan,
+                )
+            except WsiPatchGDError as exc:
+                r = SlideResult(src, dest, "failed", str(exc))
+            except Exception as exc:  # a bug or an unexpected library error: still one line
+                r = SlideResult(src, dest, "failed", f"{src}: {type(exc).__name__}: {exc}")
+        results[i] = r
+        progress.slide_done(r)
+
+    def run_all(cl: Any) -> None:
+        runner = dask_shard_runner(cl)
+        with ThreadPoolExecutor(max_workers=max(1, max_parallel_slides)) as pool:
+            list(pool.map(lambda a: one(a[0], a[1], runner), enumerate(sources)))
+
+    try:
+        if sources:
+            if client is not None:
+                run_all(client)
+            else:
+                with dask_client(scheduler, workers) as cl:
+                    run_all(cl)
+    finally:
+        progress.close()
+    ordered = failures + [results[i] for i in range(len(sources)) if i in results]
+    if report:
+        write_report(report, ordered, options, store_options)
+    return ordered
+
+
+def write_report(
+    url: str,
+    results: Sequence[SlideResult],
+    options: ConvertOptions,
+    storage_options: StorageOptions | None = None,
+) -> None:
+    """Write the JSON report (atomically for local paths)."""
+    from dataclasses import asdict
+
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
+    doc = {
+        "summary": {**counts, "total": len(results),
+                    "megapixels": sum(r.megapixels for r in results)},
+        "options": {k: (v.to_dict() if hasattr(v, "to_dict") else v)
+                    for k, v in asdict(options).items() if k != "tissue"}
+        | {"tissue": options.tissue.to_dict()},
+        "slides": [asdict(r) for r in results],
+    }
+    data = json.dumps(doc, indent=2).encode()
+    if is_remote(url):
+        fs, path = filesystem(url, storage_options)
+        fs.pipe_file(path, data)
+        return
+    tmp = f"{url}.tmp-{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, url)
