@@ -146,7 +146,9 @@ def _tiff_twin(osr: OpenSlideReader, src: str) -> TiffReader | None:
     """The tifffile reader for the same pyramid, carrying OpenSlide's metadata, or None."""
     try:
         tr = TiffReader(src)
-    except SlideReadError:
+    except SlideReadError as exc:
+        if "truncated" in str(exc):
+            raise  # clearer than OpenSlide failing on the first missing tile later
         return None
     same = len(tr.levels) == len(osr.levels) and all(
         (a.width, a.height) == (b.width, b.height)

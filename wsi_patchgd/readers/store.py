@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..io import StorageOptions
-from ..store.slide_store import SlideStore
 from .base import Level, SlideReader
 
 
@@ -15,6 +14,8 @@ class StoreReader(SlideReader):
     name = "store"
 
     def __init__(self, url: str, storage_options: StorageOptions | None = None) -> None:
+        from ..store.slide_store import SlideStore  # here: the store package imports readers
+
         self.source = str(url)
         self.store = SlideStore(self.source, storage_options)
         m = self.store.meta

@@ -67,7 +67,13 @@ class TiffReader(SlideReader):
     # -- structure -------------------------------------------------------------------------
     def _find_levels(self) -> list[Any]:
         tif = self._tif
-        if not tif.series:
+        if not tif.series or not len(tif.pages):
+            first = _first_ifd_offset(tif)
+            if first is not None and first >= self._size:
+                raise SlideReadError(
+                    f"{self.source}: truncated: its first image directory is at byte {first} "
+                    f"but the file has {self._size} bytes; copy or download it again"
+                )
             raise SlideReadError(f"{self.source}: TIFF holds no image")
         series = tif.series[0]
         levels = [lv.keyframe for lv in series.levels] if len(series.levels) > 1 else []
@@ -210,6 +216,21 @@ class _Page:
         shape = page.shape
         self.axes = axes
         self.shape = (int(shape[axes.index("Y")]), int(shape[axes.index("X")]))
+
+
+def _first_ifd_offset(tif: Any) -> int | None:
+    """Offset of the first IFD from the TIFF header (classic or BigTIFF)."""
+    fh = tif.filehandle
+    try:
+        fh.seek(0)
+        head = fh.read(16)
+    except OSError:
+        return None
+    order = "<" if head[:2] == b"II" else ">"
+    version = int.from_bytes(head[2:4], "little" if order == "<" else "big")
+    if version == 43:
+        return int.from_bytes(head[8:16], "little" if order == "<" else "big")
+    return int.from_bytes(head[4:8], "little" if order == "<" else "big")
 
 
 def _mpp_from_resolution(page: Any) -> float | None:

@@ -1,0 +1,95 @@
+"""Shared fixtures: the real test data, and a real S3-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("WSI_PATCHGD_TEST_DATA", REPO.parent / "shared" / "data"))
+SLIDES = DATA / "slides"
+CMU = SLIDES / "cmu-1-small-region.svs"
+TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
+KIDNEY = SLIDES / "kidney-48-5.tif"
+BROKEN = SLIDES / "broken.svs"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not SLIDES.is_dir():
+        pytest.fail(
+            f"test data not found at {DATA}; set WSI_PATCHGD_TEST_DATA to the shared/data folder"
+        )
+    return DATA
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    """A moto S3 server in a subprocess on 127.0.0.1; yields fsspec storage options."""
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
+        "moto_server"
+    )
+    if exe is None:
+        pytest.fail("moto_server not found: install the test extra (pip install -e '.[test]')")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("moto_server did not start within 30 s")
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture()
+def s3_bucket(s3_server: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """A fresh bucket on the moto server: (s3://bucket, storage options)."""
+    import uuid
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**{k: v for k, v in s3_server.items() if k != "endpoint_url"},
+                           endpoint_url=s3_server["endpoint_url"])
+    name = f"b-{uuid.uuid4().hex[:10]}"
+    fs.mkdir(name)
+    yield f"s3://{name}", dict(s3_server)
