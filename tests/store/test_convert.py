@@ -1,0 +1,233 @@
+"""Conversion into stores: exactness against OpenSlide, pyramid, metadata, resume, overwrite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openslide
+import pytest
+import tifffile
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import CMU, KIDNEY, TCGA
+from wsi_patchgd.errors import StoreError, StoreIncompleteError
+from wsi_patchgd.store import (
+    ATTR_KEY,
+    ConvertOptions,
+    SlideStore,
+    convert_many,
+    convert_slide,
+    downsample2x,
+)
+from wsi_patchgd.store.convert import run_shards_locally
+
+OPTS = ConvertOptions(patch_size=256, shard_patches=4, min_level_size=256)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("stores")
+    res = {}
+    for src in (CMU, TCGA, KIDNEY):
+        dest = out / (src.stem + ".zarr")
+        r = convert_slide(str(src), str(dest), OPTS)
+        assert r.status == "ok", r
+        res[src.name] = dest
+    return res
+
+
+@pytest.mark.parametrize("src", [CMU, TCGA], ids=lambda p: p.name)
+def test_level0_equals_openslide_at_random_patches(src: Path, stores: dict[str, Path]) -> None:
+    """>= 200 random patch positions per slide, byte for byte against OpenSlide read_region."""
+    store = SlideStore(str(stores[src.name]))
+    rng = np.random.default_rng(1)
+    with openslide.OpenSlide(str(src)) as s:
+        w, h = s.dimensions
+        xs = rng.integers(0, w - 256, 200)
+        ys = rng.integers(0, h - 256, 200)
+        got = store.read_regions(0, list(zip(xs.tolist(), ys.tolist(), strict=True)), 256, 256)
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            ref = np.asarray(s.read_region((int(x), int(y)), 0, (256, 256)).convert("RGB"))
+            np.testing.assert_array_equal(got[i].transpose(1, 2, 0), ref)
+
+
+def test_every_level_is_source_or_2x_mean(stores: dict[str, Path]) -> None:
+    store = SlideStore(str(stores[TCGA.name]))
+    levels = store.meta["levels"]
+    assert [lv["origin"] for lv in levels[:3]] == ["source:0", "source:1", "downsample:1"]
+    src1 = tifffile.imread(TCGA, key=2)  # the SVS's own 2x level
+    np.testing.assert_array_equal(np.asarray(store.array(1)[:]).transpose(1, 2, 0), src1)
+    for i in range(2, store.n_levels):
+        below = np.asarray(store.array(i - 1)[:])
+        np.testing.assert_array_equal(np.asarray(store.array(i)[:]), downsample2x(below))
+    cmu = SlideStore(str(stores[CMU.name]))
+    assert [lv["origin"] for lv in cmu.meta["levels"]] == [
+        "source:0", "downsample:0", "downsample:1", "downsample:2"
+    ]
+
+
+def test_layout_and_metadata(stores: dict[str, Path]) -> None:
+    path = stores[CMU.name]
+    store = SlideStore(str(path))
+    arr = store.array(0)
+    assert arr.shape == (3, 2967, 2220) and arr.dtype == np.uint8
+    assert arr.chunks == (3, 256, 256) and arr.shards == (3, 1024, 1024)
+    assert arr.metadata.dimension_names == ("c", "y", "x")
+    # one object per shard, not per chunk
+    n_objects = len(list((path / "0" / "c").rglob("*")))
+    assert n_objects <= 3 * 3 + 3 + 3, n_objects
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    ome = attrs["ome"]
+    assert ome["version"] == "0.5"
+    ms = ome["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert ms["axes"][1]["unit"] == "micrometer"
+    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 0.998, 0.998]
+    meta = attrs[ATTR_KEY]
+    assert meta["complete"] is True and meta["format_version"] == 1
+    assert meta["source"]["name"] == CMU.name and meta["source"]["size"] == CMU.stat().st_size
+    assert meta["vendor"] == "aperio" and meta["mpp"] == 0.499 and meta["objective_power"] == 20
+    assert meta["patch_size"] == 256 and meta["codec"] == "blosc-lz4"
+    assert "params" in meta["tissue"] and 0 < meta["tissue"]["fraction"] < 1
+    assert not (path / ".progress").exists()
+
+
+def test_tissue_tables(stores: dict[str, Path]) -> None:
+    store = SlideStore(str(stores[CMU.name]))
+    mask = store.tissue_mask()
+    assert mask.dtype == bool and mask.any() and not mask.all()
+    for level in range(store.n_levels):
+        fr = store.patch_fractions(level)
+        assert fr.shape == store.grid_shape(level)
+        assert fr.dtype == np.float32 and 0 <= fr.min() and fr.max() <= 1
+    # level-0 patches: the table agrees with the mask's mean over each patch
+    fr0 = store.patch_fractions(0)
+    assert fr0.max() > 0.9 and fr0.min() == 0.0
+    assert abs(float(fr0.mean()) - float(mask.mean())) < 0.1
+
+
+def test_readers_refuse_incomplete_store(stores: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(stores[KIDNEY.name], copy)
+    g = zarr.open_group(str(copy), mode="r+")
+    meta = dict(g.attrs[ATTR_KEY])
+    meta["complete"] = False
+    g.attrs[ATTR_KEY] = meta
+    with pytest.raises(StoreIncompleteError, match="rerun `wsi-patchgd convert`"):
+        SlideStore(str(copy))
+    assert SlideStore(str(copy), require_complete=False).n_levels == 3
+    with pytest.raises(StoreError, match="no Zarr store"):
+        SlideStore(str(tmp_path / "nothing.zarr"))
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crashing_runner(after: int) -> Any:
+    """Runs shards like the real runner, then dies after ``after`` of them (a killed job)."""
+    count = {"n": 0}
+
+    def run(tasks: list[Any], on_done: Any) -> None:
+        for t in tasks:
+            if count["n"] >= after:
+                raise Crash("killed")
+            run_shards_locally([t], on_done)
+            count["n"] += 1
+
+    return run
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(str(path), mode="r")
+    out = {k: np.asarray(v[:]) for k, v in g.arrays()}
+    out.update({f"tissue/{k}": np.asarray(v[:]) for k, v in g["tissue"].arrays()})
+    out.update({f"fraction/{k}": np.asarray(v[:]) for k, v in g["tissue/fraction"].arrays()})
+    return out
+
+
+def test_resume_after_crash_equals_uninterrupted(stores: dict[str, Path], tmp_path: Path) -> None:
+    dest = tmp_path / "tcga.zarr"
+    with pytest.raises(Crash):
+        convert_slide(str(TCGA), str(dest), OPTS, run_shards=crashing_runner(7))
+    with pytest.raises(StoreIncompleteError):
+        SlideStore(str(dest))
+    assert len(list((dest / ".progress").rglob("*.*"))) == 7
+    r = convert_slide(str(TCGA), str(dest), OPTS)
+    assert r.status == "ok" and r.resumed
+    ref = _arrays(stores[TCGA.name])
+    got = _arrays(dest)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    assert convert_slide(str(TCGA), str(dest), OPTS).status == "skipped"
+
+
+def test_overwrite_never_loses_the_complete_store(tmp_path: Path, data_dir: Path) -> None:
+    dest = tmp_path / "k.zarr"
+    assert convert_slide(str(KIDNEY), str(dest), OPTS).status == "ok"
+    before = _arrays(dest)
+    with pytest.raises(Crash):
+        convert_slide(str(KIDNEY), str(dest), ConvertOptions(**{**OPTS.__dict__,
+                                                                 "overwrite": True}),
+                      run_shards=crashing_runner(1))
+    assert SlideStore(str(dest)).complete  # the old store is still there, complete
+    for k, v in _arrays(dest).items():
+        np.testing.assert_array_equal(v, before[k])
+    r = convert_slide(str(KIDNEY), str(dest), ConvertOptions(**{**OPTS.__dict__,
+                                                                 "overwrite": True}))
+    assert r.status == "ok"
+    assert not (tmp_path / "k.zarr.rebuild").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.zarr"]
+
+
+def test_foreign_contents_are_not_overwritten(stores: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    dest = tmp_path / "x.zarr"
+    shutil.copytree(stores[KIDNEY.name], dest)
+    with pytest.raises(StoreError, match="another source"):
+        convert_slide(str(CMU), str(dest), OPTS)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "zarr.json").write_text("{}")
+    with pytest.raises(StoreError, match="not a wsi_patchgd store"):
+        convert_slide(str(CMU), str(other), OPTS)
+
+
+def test_batch_on_local_cluster_reports_every_slide(tmp_path: Path, data_dir: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    report = tmp_path / "report.json"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        res = convert_many([str(KIDNEY), str(data_dir / "slides" / "broken.svs"),
+                            str(tmp_path / "nope.svs")], str(tmp_path / "out"), OPTS,
+                           report=str(report), quiet=True, client=client)
+    assert [r.status for r in res] == ["ok", "failed", "failed"]
+    doc = json.loads(report.read_text())
+    assert doc["summary"] == {**doc["summary"], "ok": 1, "failed": 2, "skipped": 0, "total": 3}
+    assert "broken.svs" in doc["slides"][1]["reason"]
+    store = SlideStore(str(tmp_path / "out" / "kidney-48-5.zarr"))
+    ref = tifffile.imread(KIDNEY)
+    np.testing.assert_array_equal(np.asarray(store.array(0)[:]).transpose(1, 2, 0), ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**32 - 1))
+def test_downsample2x_is_rounded_2x2_mean(h: int, w: int, seed: int) -> None:
+    a = np.random.default_rng(seed).integers(0, 256, (3, h, w), dtype=np.uint8)
+    got = downsample2x(a)
+    assert got.shape == (3, h // 2, w // 2)
+    for c in range(3):
+        for y in range(h // 2):
+            for x in range(w // 2):
+                block = a[c, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2].astype(int)
+                assert got[c, y, x] == (block.sum() + 2) // 4
