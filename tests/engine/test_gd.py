@@ -1,0 +1,87 @@
+"""The standard gradient-descent baseline on whole (resized) images."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wsi_patchgd.engine import GDModel, TensorPatchSource, gd_predict, gd_train_batch, load_image
+from wsi_patchgd.errors import ConfigError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and lose a lot when other suites share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _brightness_data(n: int, seed: int) -> tuple[TensorPatchSource, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = [
+        (torch.rand(3, 32, 40, generator=g) * 60 + 40 + 120 * int(y)).to(torch.uint8)
+        for y in labels
+    ]
+    return TensorPatchSource(images, 16), labels
+
+
+def test_load_image_stitches_patches_with_white_padding() -> None:
+    image = torch.randint(0, 200, (3, 30, 40), dtype=torch.uint8)
+    whole = load_image(TensorPatchSource([image], 16), 0)
+    assert whole.shape == (3, 32, 48)
+    torch.testing.assert_close(whole[:, :30, :40], image)
+    assert (whole[:, 30:] == 255).all() and (whole[:, :, 40:] == 255).all()
+
+
+def test_gd_model_shapes_and_batch_independent_predictions() -> None:
+    torch.manual_seed(0)
+    model = GDModel("resnet18", 3, image_size=32, out_dim=8, head_channels=8, n_convs=1)
+    x = model.prepare(
+        [torch.zeros(3, 50, 70, dtype=torch.uint8), torch.zeros(3, 20, 20, dtype=torch.uint8)]
+    )
+    assert x.shape == (2, 3, 32, 32)
+    source, _ = _brightness_data(3, seed=1)
+    both = gd_predict(model, source, [0, 1, 2], batch_size=2)
+    assert both.shape == (3, 3) and model.training
+    torch.testing.assert_close(both[2:], gd_predict(model, source, [2], batch_size=1))
+    with pytest.raises(ConfigError, match="image_size"):
+        GDModel("resnet18", 3, image_size=0)
+
+
+def test_gd_accumulates_over_micro_batches() -> None:
+    torch.manual_seed(0)
+    source, labels = _brightness_data(5, seed=2)
+    model = GDModel("resnet18", 2, image_size=32, out_dim=8, head_channels=8, n_convs=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = gd_train_batch(
+        model, optimizer, source, list(range(5)), labels, F.cross_entropy, epsilon=1,
+        micro_batch_size=3,
+    )  # fmt: skip
+    assert result["grad_forward_calls"] == 2 and result["optimizer_steps"] == 2
+    assert len(result["logits"]) == 1 and result["logits"][0].shape == (5, 2)
+    expected = np.average(result["losses"], weights=[3, 2])
+    assert result["loss"] == pytest.approx(expected)
+
+
+def test_gd_learns_a_tiny_problem() -> None:
+    torch.manual_seed(0)
+    source, labels = _brightness_data(8, seed=0)
+    model = GDModel(
+        "resnet18", 2, image_size=32, out_dim=8, head_channels=8, n_convs=1, dropout=0.0
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        for start in (0, 4):
+            ids = list(range(start, start + 4))
+            result = gd_train_batch(model, optimizer, source, ids, labels[ids], F.cross_entropy)
+            losses.append(result["loss"])
+    assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4])
