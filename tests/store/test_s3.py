@@ -63,3 +63,17 @@ def test_missing_s3_store_is_one_clear_error(s3_bucket: tuple[str, dict[str, str
     bucket, so = s3_bucket
     with pytest.raises(StoreError, match="no Zarr store there"):
         SlideStore(f"{bucket}/nothing.zarr", so)
+
+
+def test_fast_patch_reads_from_s3(s3_bucket: tuple[str, dict[str, str]], tmp_path: Path,
+                                  data_dir: Path) -> None:
+    bucket, so = s3_bucket
+    convert_many([str(KIDNEY)], f"{bucket}/s", OPTS, workers=1, quiet=True, store_options=so)
+    convert_many([str(KIDNEY)], str(tmp_path), OPTS, workers=1, quiet=True)
+    remote = SlideStore(f"{bucket}/s/kidney-48-5.zarr", so)
+    local = SlideStore(str(tmp_path / "kidney-48-5.zarr"))
+    n_h, n_w = local.grid_shape(0)
+    rows, cols = np.divmod(np.arange(n_h * n_w), n_w)
+    assert remote.chunk_reader(0) is not None and remote.chunk_reader(0).remote
+    np.testing.assert_array_equal(remote.read_patches(0, rows, cols),
+                                  local.read_patches(0, rows, cols))
