@@ -1,0 +1,157 @@
+"""The store-backed :class:`~wsi_patchgd.engine.patchgd.PatchSource` the trainer reads through.
+
+Reads are batched per inner iteration (one call reads the k patches of an image through the
+chunk reader: one byte-range read and one decode per patch, thread-parallel), and the next
+requests are prefetched in a background thread while the current step computes: the engine
+announces the reads of a whole batch with :meth:`StorePatchSource.prefetch` and then asks for
+them one by one; at most ``lookahead`` requests are in flight, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..io import StorageOptions
+from ..sampling import PatchGrid
+from ..store.slide_store import SlideStore
+from ..tissue import patch_tissue_fractions
+
+
+class StorePatchSource:
+    """Patches of one pyramid level of many slide stores.
+
+    Args:
+        stores: store URLs (image id = position in this list).
+        level: pyramid level to train on.
+        patch_size: patch side (default: the store's chunk size, the fast path).
+        tissue_threshold: a patch is tissue when its stored tissue fraction is >= this.
+        storage_options: fsspec options for remote stores.
+        lookahead: prefetched requests kept in flight.
+        record_reads: keep (image, shape) of every read in ``self.reads`` (tests, audits).
+    """
+
+    def __init__(
+        self,
+        stores: Sequence[str],
+        level: int = 0,
+        patch_size: int | None = None,
+        tissue_threshold: float = 0.1,
+        storage_options: StorageOptions | None = None,
+        lookahead: int = 8,
+        record_reads: bool = False,
+    ) -> None:
+        self.urls = list(stores)
+        self.level = level
+        self._patch_size = patch_size
+        self.tissue_threshold = tissue_threshold
+        self.storage_options = storage_options
+        self._stores: dict[int, SlideStore] = {}
+        self._grids: dict[int, PatchGrid] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self._pending: OrderedDict[tuple[int, bytes], Future[np.ndarray]] = OrderedDict()
+        self._queue: list[tuple[int, np.ndarray]] = []
+        self.lookahead = lookahead
+        self.reads: list[tuple[int, tuple[int, ...]]] | None = [] if record_reads else None
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def store(self, image: int) -> SlideStore:
+        with self._lock:
+            if image not in self._stores:
+                self._stores[image] = SlideStore(self.urls[image], self.storage_options)
+            return self._stores[image]
+
+    @property
+    def patch_size(self) -> int:
+        return self._patch_size or self.store(0).patch_size
+
+    def grid(self, image: int) -> PatchGrid:
+        """Tissue grid of an image at the training level (from the stored patch table)."""
+        if image not in self._grids:
+            s = self.store(image)
+            p = self.patch_size
+            if p == s.patch_size:
+                fractions = s.patch_fractions(self.level)
+            else:
+                scale = s.mask_downsample / s.downsample(self.level)
+                fractions = patch_tissue_fractions(
+                    s.tissue_mask(), 1.0 / scale, p, s.grid_shape(self.level, p)
+                )
+            self._grids[image] = PatchGrid.from_fractions(fractions, self.tissue_threshold)
+        return self._grids[image]
+
+    def grid_shape(self, image: int) -> tuple[int, int]:
+        return self.store(image).grid_shape(self.level, self.patch_size)
+
+    def _read_now(self, image: int, indices: np.ndarray) -> np.ndarray:
+        grid = self.grid(image)
+        rows, cols = grid.coords(np.asarray(indices, np.int64))
+        out = self.store(image).read_patches(self.level, rows, cols, self.patch_size)
+        if self.reads is not None:
+            self.reads.append((image, tuple(out.shape)))
+        return out
+
+    # -- prefetching -----------------------------------------------------------------------
+    def prefetch(self, requests: Sequence[tuple[int, np.ndarray]]) -> None:
+        """Announce reads that will follow, in order; they are read ahead in the background."""
+        with self._lock:
+            self._queue.extend((int(i), np.asarray(idx, np.int64)) for i, idx in requests)
+        self._top_up()
+
+    def _top_up(self) -> None:
+        with self._lock:
+            while self._queue and len(self._pending) < self.lookahead:
+                image, idx = self._queue.pop(0)
+                key = (image, idx.tobytes())
+                if key not in self._pending:
+                    self._pending[key] = self._pool.submit(self._read_now, image, idx)
+
+    def read(self, image: int, indices: np.ndarray) -> torch.Tensor:
+        """uint8 patches (m, 3, P, P) in the order of ``indices`` (prefetched when announced)."""
+        idx = np.asarray(indices, np.int64)
+        key = (int(image), idx.tobytes())
+        with self._lock:
+            fut = self._pending.pop(key, None)
+        data = fut.result() if fut is not None else self._read_now(int(image), idx)
+        self._top_up()
+        return torch.from_numpy(data)
+
+    def cancel_prefetch(self) -> None:
+        """Drop announced reads not yet asked for (end of a batch)."""
+        with self._lock:
+            self._queue.clear()
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for f in pending:
+            f.cancel()
+
+    def storage_order(self, image: int, indices: np.ndarray) -> np.ndarray:
+        """Indices sorted shard by shard (then row-major inside a shard): the order to fill Z."""
+        s = self.store(image)
+        grid = self.grid(image)
+        rows, cols = grid.coords(np.asarray(indices, np.int64))
+        per = max(1, s.meta.get("shard_size", s.patch_size) // self.patch_size)
+        key = np.lexsort((cols, rows, cols // per, rows // per))
+        return np.asarray(indices, np.int64)[key]
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for DataLoader workers / DDP
+        d = self.__dict__.copy()
+        d["_pool"] = None
+        d["_lock"] = None
+        d["_pending"] = OrderedDict()
+        d["_stores"] = {}
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
