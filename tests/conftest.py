@@ -62,8 +62,11 @@ def s3_server() -> Iterator[dict[str, str]]:
     else:
         proc.kill()
         pytest.fail("moto_server did not start within 30 s")
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -88,8 +91,10 @@ def s3_bucket(s3_server: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]
 
     import s3fs
 
-    fs = s3fs.S3FileSystem(**{k: v for k, v in s3_server.items() if k != "endpoint_url"},
-                           endpoint_url=s3_server["endpoint_url"])
+    fs = s3fs.S3FileSystem(
+        **{k: v for k, v in s3_server.items() if k != "endpoint_url"},
+        endpoint_url=s3_server["endpoint_url"],
+    )
     name = f"b-{uuid.uuid4().hex[:10]}"
     fs.mkdir(name)
     yield f"s3://{name}", dict(s3_server)

@@ -95,9 +95,9 @@ def _params(folder: Path) -> list[object]:
 def _load(path: Path) -> np.ndarray:
     """The image as stored (the tiles are RGBA: this exercises the compositing too)."""
     with Image.open(path) as im:
-        if im.mode not in ("RGB", "RGBA"):
-            im = im.convert("RGBA")
-        return np.asarray(im)
+        if im.mode in ("RGB", "RGBA"):
+            return np.asarray(im)
+        return np.asarray(im.convert("RGBA"))
 
 
 @pytest.fixture(scope="session")
@@ -270,6 +270,29 @@ def test_tiny_specks_are_removed() -> None:
     img = np.full((500, 500, 3), 250, dtype=np.uint8)
     img[100:103, 100:103] = (220, 140, 190)  # 9 px < 0.1 % of the image
     assert tissue_fraction(img) == 0.0
+
+
+def test_saturation_floor_keeps_glass_noise_out() -> None:
+    """On glass alone, Otsu splits the noise; the floor keeps it from becoming tissue."""
+    rng = np.random.default_rng(0)
+    glass = np.clip(228 + rng.normal(0, 2.5, (300, 300, 3)), 0, 255).astype(np.uint8)
+    assert tissue_fraction(glass) == 0.0
+    no_floor = TissueParams(saturation_floor=0.0, saturation_ceiling=1.0)
+    assert tissue_fraction(glass, no_floor) > 0.5  # what the floor prevents
+
+
+def test_saturation_ceiling_keeps_pale_tissue() -> None:
+    """With strong and pale stain apart, Otsu splits the stains; the ceiling keeps both."""
+    img = np.empty((100, 300, 3), dtype=np.uint8)
+    img[:] = (230, 150, 200)  # eosin
+    img[:, 100:200] = 250  # glass between
+    img[:, 200:] = (235, 205, 222)  # pale stain (saturation 0.13)
+    rng = np.random.default_rng(0)
+    img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+    mask = detect_tissue(img)
+    assert mask[:, :100].all() and mask[:, 200:].all() and not mask[:, 100:200].any()
+    no_ceiling = detect_tissue(img, TissueParams(saturation_ceiling=1.0))
+    assert not no_ceiling[:, 200:].any()  # what the ceiling prevents
 
 
 def test_params_take_effect() -> None:

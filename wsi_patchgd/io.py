@@ -15,6 +15,7 @@ from typing import Any
 import fsspec
 import zarr
 import zarr.storage
+from zarr.abc.store import Store
 
 from .errors import StorageAccessError
 
@@ -73,7 +74,7 @@ def zarr_store(
     storage_options: StorageOptions | None = None,
     *,
     read_only: bool = False,
-) -> zarr.abc.store.Store:
+) -> Store:
     """A Zarr v3 store for ``url`` (LocalStore for local paths, FsspecStore otherwise)."""
     s = str(url)
     if not is_remote(s):

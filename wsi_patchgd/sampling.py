@@ -260,6 +260,8 @@ class TissueWeightedSampler(Sampler):
         """See :meth:`Sampler.plan`."""
         _check_plan_args(k, zeta)
         candidates = grid.tissue_indices()
+        if candidates.size == 0:
+            return [np.empty(0, dtype=np.int64) for _ in range(zeta)]
         if grid.fractions is None:
             weights = np.ones(candidates.size)
         else:
@@ -297,9 +299,7 @@ def build_sampler(name: str, **kwargs: Any) -> Sampler:
         ConfigError: If the name is unknown or an argument is not accepted.
     """
     if name not in SAMPLERS:
-        raise ConfigError(
-            f"unknown sampler {name!r}; choose one of: {', '.join(sorted(SAMPLERS))}"
-        )
+        raise ConfigError(f"unknown sampler {name!r}; choose one of: {', '.join(sorted(SAMPLERS))}")
     try:
         return SAMPLERS[name](**kwargs)
     except TypeError as exc:

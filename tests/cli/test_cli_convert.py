@@ -20,8 +20,12 @@ from wsi_patchgd.store import ATTR_KEY, SlideStore
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wsi_patchgd", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "wsi_patchgd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_bad_inputs_each_one_line_others_convert(tmp_path: Path, data_dir: Path) -> None:
@@ -36,17 +40,38 @@ def test_bad_inputs_each_one_line_others_convert(tmp_path: Path, data_dir: Path)
     missing = bad / "missing.svs"
     folder = bad / "folder"
     folder.mkdir()
-    inputs = [str(BROKEN), str(truncated), str(empty), str(text), str(missing), str(folder),
-              str(KIDNEY)]
+    inputs = [
+        str(BROKEN),
+        str(truncated),
+        str(empty),
+        str(text),
+        str(missing),
+        str(folder),
+        str(KIDNEY),
+    ]
     report = tmp_path / "report.json"
-    r = cli("convert", *inputs, "--out", str(tmp_path / "out"), "--report", str(report), "-q",
-            "--workers", "2")
+    r = cli(
+        "convert",
+        *inputs,
+        "--out",
+        str(tmp_path / "out"),
+        "--report",
+        str(report),
+        "-q",
+        "--workers",
+        "2",
+    )
     assert r.returncode == 1, r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 6, r.stderr
-    for path, why in [(BROKEN, "unsupported or corrupt"), (truncated, "truncated"),
-                      (empty, "empty file"), (text, "unsupported or corrupt"),
-                      (missing, "no such file"), (folder, "is a directory")]:
+    for path, why in [
+        (BROKEN, "unsupported or corrupt"),
+        (truncated, "truncated"),
+        (empty, "empty file"),
+        (text, "unsupported or corrupt"),
+        (missing, "no such file"),
+        (folder, "is a directory"),
+    ]:
         line = next((ln for ln in errors if f"{path}:" in ln), None)
         assert line is not None and why in line, (path, r.stderr)
     doc = json.loads(report.read_text())
@@ -65,9 +90,11 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(tmp_path: Path, data_di
     # small shards so that the job takes long enough to be killed half-way
     args = ["--patch-size", "64", "--shard-patches", "2", "--workers", "2", "-q"]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "wsi_patchgd", "convert", str(TCGA),
-                             "--out", str(out), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsi_patchgd", "convert", str(TCGA), "--out", str(out), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     progress = out / "tcga-cr-7395-01a-01-ts1.zarr" / ".progress" / "0"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:

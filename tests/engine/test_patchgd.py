@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from wsi_patchgd.engine import (
     PatchGDModel,
@@ -388,3 +392,27 @@ def test_bf16_autocast() -> None:
     assert np.isfinite(result["loss"]) and result["logits"][0].dtype == torch.float32
     logits = predict(model, source, [0, 1], 4, autocast_dtype=torch.bfloat16)
     assert logits.shape == (2, 3) and logits.dtype == torch.float32
+
+
+def test_distributed_wrapper_gives_the_same_gradients(tmp_path: Path) -> None:
+    """train_batch drives the model through forward(), so DistributedDataParallel can wrap it."""
+    torch.manual_seed(0)
+    model = _tiny_model(background="learned")
+    source = TensorPatchSource(_images([(32, 48), (48, 32)]), 16)
+    copy = copy_module.deepcopy(model)  # the step moves BatchNorm statistics: start equal
+    args = (source, [0, 1], torch.tensor([0, 2]), PermutationSampler(), 2, 3, 3)
+    train_batch(model, None, *args, np.random.default_rng(0), F.cross_entropy, 4)
+    plain = _grads(model)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        wrapped = DistributedDataParallel(copy)
+        train_batch(wrapped, None, *args, np.random.default_rng(0), F.cross_entropy, 4)
+        assert predict(wrapped, source, [0, 1], 4).shape == (2, 3)
+    finally:
+        dist.destroy_process_group()
+    wrapped_grads = _grads(copy)
+    assert wrapped_grads.keys() == plain.keys()
+    for name, grad in wrapped_grads.items():
+        torch.testing.assert_close(grad, plain[name])

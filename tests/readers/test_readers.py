@@ -138,8 +138,9 @@ class TestImageReader(ReaderContract):
         from PIL import Image
 
         rgba = np.asarray(Image.open(reader.source).convert("RGBA"))
-        np.testing.assert_array_equal(reader.read_region(0, 0, 0, rgba.shape[1], rgba.shape[0]),
-                                      to_rgb_uint8(rgba))
+        np.testing.assert_array_equal(
+            reader.read_region(0, 0, 0, rgba.shape[1], rgba.shape[0]), to_rgb_uint8(rgba)
+        )
 
 
 def test_open_slide_picks_readers(data_dir: Path) -> None:
@@ -200,9 +201,11 @@ def test_gray_and_16bit() -> None:
 def test_png_variants(tmp_path: Path) -> None:
     from PIL import Image
 
-    gray16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    gray16 = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
     Image.fromarray(gray16).save(tmp_path / "g16.png")
     with open_slide(tmp_path / "g16.png") as r:
         out = r.read_region(0, 0, 0, 8, 8)
-    np.testing.assert_array_equal(out[..., 0], np.floor(gray16.astype(np.float64) * 255 / 65535 + 0.5))
+    np.testing.assert_array_equal(
+        out[..., 0], np.floor(gray16.astype(np.float64) * 255 / 65535 + 0.5)
+    )
     assert (out[..., 0] == out[..., 2]).all()

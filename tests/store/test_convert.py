@@ -67,7 +67,10 @@ def test_every_level_is_source_or_2x_mean(stores: dict[str, Path]) -> None:
         np.testing.assert_array_equal(np.asarray(store.array(i)[:]), downsample2x(below))
     cmu = SlideStore(str(stores[CMU.name]))
     assert [lv["origin"] for lv in cmu.meta["levels"]] == [
-        "source:0", "downsample:0", "downsample:1", "downsample:2"
+        "source:0",
+        "downsample:0",
+        "downsample:1",
+        "downsample:2",
     ]
 
 
@@ -175,14 +178,18 @@ def test_overwrite_never_loses_the_complete_store(tmp_path: Path, data_dir: Path
     assert convert_slide(str(KIDNEY), str(dest), OPTS).status == "ok"
     before = _arrays(dest)
     with pytest.raises(Crash):
-        convert_slide(str(KIDNEY), str(dest), ConvertOptions(**{**OPTS.__dict__,
-                                                                 "overwrite": True}),
-                      run_shards=crashing_runner(1))
+        convert_slide(
+            str(KIDNEY),
+            str(dest),
+            ConvertOptions(**{**OPTS.__dict__, "overwrite": True}),
+            run_shards=crashing_runner(1),
+        )
     assert SlideStore(str(dest)).complete  # the old store is still there, complete
     for k, v in _arrays(dest).items():
         np.testing.assert_array_equal(v, before[k])
-    r = convert_slide(str(KIDNEY), str(dest), ConvertOptions(**{**OPTS.__dict__,
-                                                                 "overwrite": True}))
+    r = convert_slide(
+        str(KIDNEY), str(dest), ConvertOptions(**{**OPTS.__dict__, "overwrite": True})
+    )
     assert r.status == "ok"
     assert not (tmp_path / "k.zarr.rebuild").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.zarr"]
@@ -206,11 +213,20 @@ def test_batch_on_local_cluster_reports_every_slide(tmp_path: Path, data_dir: Pa
     from distributed import Client, LocalCluster
 
     report = tmp_path / "report.json"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        res = convert_many([str(KIDNEY), str(data_dir / "slides" / "broken.svs"),
-                            str(tmp_path / "nope.svs")], str(tmp_path / "out"), OPTS,
-                           report=str(report), quiet=True, client=client)
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        res = convert_many(
+            [str(KIDNEY), str(data_dir / "slides" / "broken.svs"), str(tmp_path / "nope.svs")],
+            str(tmp_path / "out"),
+            OPTS,
+            report=str(report),
+            quiet=True,
+            client=client,
+        )
     assert [r.status for r in res] == ["ok", "failed", "failed"]
     doc = json.loads(report.read_text())
     assert doc["summary"] == {**doc["summary"], "ok": 1, "failed": 2, "skipped": 0, "total": 3}
@@ -243,6 +259,7 @@ def test_fast_patch_reads_equal_zarr_reads(name: str, stores: dict[str, Path]) -
         rows, cols = np.divmod(np.arange(n_h * n_w), n_w)
         fast = store.read_patches(level, rows, cols)
         p = store.patch_size
-        slow = store.read_regions(level, [(int(c) * p, int(r) * p) for r, c in
-                                          zip(rows, cols, strict=True)], p, p)
+        slow = store.read_regions(
+            level, [(int(c) * p, int(r) * p) for r, c in zip(rows, cols, strict=True)], p, p
+        )
         np.testing.assert_array_equal(fast, slow)

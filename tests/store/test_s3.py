@@ -18,11 +18,19 @@ from wsi_patchgd.store import ConvertOptions, SlideStore, convert_many
 OPTS = ConvertOptions(patch_size=256, shard_patches=4, min_level_size=256)
 
 
-def test_convert_into_s3_and_read_back(s3_bucket: tuple[str, dict[str, str]],
-                                       data_dir: Path) -> None:
+def test_convert_into_s3_and_read_back(
+    s3_bucket: tuple[str, dict[str, str]], data_dir: Path
+) -> None:
     bucket, so = s3_bucket
-    res = convert_many([str(CMU)], f"{bucket}/stores", OPTS, workers=2, quiet=True,
-                       store_options=so, report=f"{bucket}/report.json")
+    res = convert_many(
+        [str(CMU)],
+        f"{bucket}/stores",
+        OPTS,
+        workers=2,
+        quiet=True,
+        store_options=so,
+        report=f"{bucket}/report.json",
+    )
     assert [r.status for r in res] == ["ok"], res
     store = SlideStore(f"{bucket}/stores/cmu-1-small-region.zarr", so)
     assert store.complete and store.n_levels == 4
@@ -39,24 +47,28 @@ def test_convert_into_s3_and_read_back(s3_bucket: tuple[str, dict[str, str]],
     assert len([k for k in keys if ".zarr/0/c/" in k]) == 9  # one object per shard (3 x 3)
     assert fs.cat(f"{bucket}/report.json")
     # rerun: the complete S3 store is skipped
-    again = convert_many([str(CMU)], f"{bucket}/stores", OPTS, workers=1, quiet=True,
-                         store_options=so)
+    again = convert_many(
+        [str(CMU)], f"{bucket}/stores", OPTS, workers=1, quiet=True, store_options=so
+    )
     assert [r.status for r in again] == ["skipped"]
 
 
-def test_source_on_s3(s3_bucket: tuple[str, dict[str, str]], tmp_path: Path,
-                      data_dir: Path) -> None:
+def test_source_on_s3(
+    s3_bucket: tuple[str, dict[str, str]], tmp_path: Path, data_dir: Path
+) -> None:
     bucket, so = s3_bucket
     fs = s3fs.S3FileSystem(endpoint_url=so["endpoint_url"], key="testing", secret="testing")
     fs.put(str(KIDNEY), f"{bucket}/slides/{KIDNEY.name}")
     with open_slide(f"{bucket}/slides/{KIDNEY.name}", so) as r:
         assert r.name == "tifffile"
-    res = convert_many([f"{bucket}/slides/*.tif"], str(tmp_path), OPTS, workers=1, quiet=True,
-                       source_options=so)
+    res = convert_many(
+        [f"{bucket}/slides/*.tif"], str(tmp_path), OPTS, workers=1, quiet=True, source_options=so
+    )
     assert [r.status for r in res] == ["ok"], res
     store = SlideStore(str(tmp_path / "kidney-48-5.zarr"))
-    np.testing.assert_array_equal(np.asarray(store.array(0)[:]).transpose(1, 2, 0),
-                                  tifffile.imread(KIDNEY))
+    np.testing.assert_array_equal(
+        np.asarray(store.array(0)[:]).transpose(1, 2, 0), tifffile.imread(KIDNEY)
+    )
 
 
 def test_missing_s3_store_is_one_clear_error(s3_bucket: tuple[str, dict[str, str]]) -> None:
@@ -65,8 +77,9 @@ def test_missing_s3_store_is_one_clear_error(s3_bucket: tuple[str, dict[str, str
         SlideStore(f"{bucket}/nothing.zarr", so)
 
 
-def test_fast_patch_reads_from_s3(s3_bucket: tuple[str, dict[str, str]], tmp_path: Path,
-                                  data_dir: Path) -> None:
+def test_fast_patch_reads_from_s3(
+    s3_bucket: tuple[str, dict[str, str]], tmp_path: Path, data_dir: Path
+) -> None:
     bucket, so = s3_bucket
     convert_many([str(KIDNEY)], f"{bucket}/s", OPTS, workers=1, quiet=True, store_options=so)
     convert_many([str(KIDNEY)], str(tmp_path), OPTS, workers=1, quiet=True)
@@ -75,5 +88,6 @@ def test_fast_patch_reads_from_s3(s3_bucket: tuple[str, dict[str, str]], tmp_pat
     n_h, n_w = local.grid_shape(0)
     rows, cols = np.divmod(np.arange(n_h * n_w), n_w)
     assert remote.chunk_reader(0) is not None and remote.chunk_reader(0).remote
-    np.testing.assert_array_equal(remote.read_patches(0, rows, cols),
-                                  local.read_patches(0, rows, cols))
+    np.testing.assert_array_equal(
+        remote.read_patches(0, rows, cols), local.read_patches(0, rows, cols)
+    )

@@ -43,10 +43,6 @@ def _register() -> None:
 
     for mod in (convert, info):
         main.add_command(mod.command)
-    try:  # commands of later stages register themselves when present
-        from . import extra  # noqa: F401
-    except ImportError:
-        pass
 
 
 _register()

@@ -17,11 +17,20 @@ from .options import parse_storage_options, storage_options_option
 @click.option("--out", "out", required=True, help="Output root (path or s3:// / gs:// URL).")
 @click.option("--patch-size", default=256, show_default=True, help="Chunk side = patch size.")
 @click.option("--shard-patches", default=8, show_default=True, help="Shard side in patches.")
-@click.option("--levels", "max_levels", type=int, default=None,
-              help="At most this many pyramid levels (default: down to ~512 px).")
+@click.option(
+    "--levels",
+    "max_levels",
+    type=int,
+    default=None,
+    help="At most this many pyramid levels (default: down to ~512 px).",
+)
 @click.option("--codec", type=click.Choice(CODECS), default="blosc-lz4", show_default=True)
-@click.option("--reader", type=click.Choice(["auto", "openslide", "tifffile", "pillow"]),
-              default="auto", show_default=True)
+@click.option(
+    "--reader",
+    type=click.Choice(["auto", "openslide", "tifffile", "pillow"]),
+    default="auto",
+    show_default=True,
+)
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
 @click.option("--workers", type=int, default=None, help="Threads of the local cluster.")
 @click.option("--overwrite", is_flag=True, help="Rebuild stores that are already complete.")
@@ -60,8 +69,15 @@ def command(
         overwrite=overwrite,
     )
     results = convert_many(
-        list(inputs), out, options, scheduler=scheduler, workers=workers, report=report,
-        quiet=quiet, source_options=opts, store_options=opts,
+        list(inputs),
+        out,
+        options,
+        scheduler=scheduler,
+        workers=workers,
+        report=report,
+        quiet=quiet,
+        source_options=opts,
+        store_options=opts,
     )
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
     click.echo(
@@ -70,7 +86,8 @@ def command(
     )
     for r in results:
         if r.status == "ok":
-            click.echo(f"  {r.store}  ({r.levels} levels, {r.megapixels:.1f} MP, "
-                       f"{r.seconds:.1f} s)")
+            click.echo(
+                f"  {r.store}  ({r.levels} levels, {r.megapixels:.1f} MP, {r.seconds:.1f} s)"
+            )
     if counts["failed"]:
         sys.exit(1)

@@ -13,8 +13,9 @@ from . import one_line_errors
 from .options import parse_storage_options, storage_options_option
 
 
-def describe(source: str, storage_options: dict[str, Any] | None = None,
-             reader: str = "auto") -> dict[str, Any]:
+def describe(
+    source: str, storage_options: dict[str, Any] | None = None, reader: str = "auto"
+) -> dict[str, Any]:
     """Format, reader, levels, mpp, objective power and tissue fraction of a slide or store."""
     with open_slide(source, storage_options, reader) as r:
         info = r.info()
@@ -59,5 +60,6 @@ def command(source: str, as_json: bool, reader: str, storage_options: str | None
     click.echo(f"tissue fraction: {tf:.3f}" if tf is not None else "tissue fraction: unknown")
     click.echo("levels:")
     for lv in d["levels"]:
-        click.echo(f"  {lv['level']}: {lv['width']} x {lv['height']}  "
-                   f"(downsample {lv['downsample']:.4g})")
+        click.echo(
+            f"  {lv['level']}: {lv['width']} x {lv['height']}  (downsample {lv['downsample']:.4g})"
+        )

@@ -70,7 +70,9 @@ def read_manifest(
         try:
             label = int(str(rec["label"]).strip())
         except ValueError as exc:
-            raise ManifestError(f"{where} ({sid}): label {rec['label']!r} is not an integer") from exc
+            raise ManifestError(
+                f"{where} ({sid}): label {rec['label']!r} is not an integer"
+            ) from exc
         if label < 0 or (num_classes is not None and label >= num_classes):
             raise ManifestError(
                 f"{where} ({sid}): label {label} outside the classes 0..{(num_classes or 1) - 1}; "

@@ -131,9 +131,7 @@ def open_slide(
             return make()
         except SlideReadError as exc:
             tried.append(f"{label}: {_reason(exc, src)}")
-    raise SlideReadError(
-        f"{src}: unsupported or corrupt slide; tried " + "; ".join(tried)
-    )
+    raise SlideReadError(f"{src}: unsupported or corrupt slide; tried " + "; ".join(tried))
 
 
 def _reason(exc: Exception, src: str) -> str:

@@ -33,8 +33,11 @@ class ImageReader(SlideReader):
                 elif im.mode.startswith("I;16") or im.mode == "I":  # 16-bit gray
                     arr = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            reason = "not an image format Pillow knows" if isinstance(
-                exc, UnidentifiedImageError) else str(exc)
+            reason = (
+                "not an image format Pillow knows"
+                if isinstance(exc, UnidentifiedImageError)
+                else str(exc)
+            )
             raise SlideReadError(f"{self.source}: {reason}") from exc
         self._rgb = to_rgb_uint8(arr)
         h, w = self._rgb.shape[:2]

@@ -79,9 +79,8 @@ class TiffReader(SlideReader):
         levels = [lv.keyframe for lv in series.levels] if len(series.levels) > 1 else []
         if not levels:
             # Successive tiled pages halving in size (OpenSlide's "generic tiled TIFF").
-            pages = [p for p in tif.pages if getattr(p, "shape", None)]
-            first = series.keyframe
-            levels = [first]
+            pages: list[Any] = [p for p in tif.pages if getattr(p, "shape", None)]
+            levels = [series.keyframe]
             for p in pages[1:]:
                 prev = levels[-1]
                 ph, pw = _Page(p).shape
@@ -157,7 +156,9 @@ class TiffReader(SlideReader):
             ay0, ax0 = max(sy, y), max(sx, x)
             ay1 = min(sy + seg.shape[0], y + h, H)
             ax1 = min(sx + seg.shape[1], x + w, W)
-            out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = seg[ay0 - sy : ay1 - sy, ax0 - sx : ax1 - sx]
+            out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = seg[
+                ay0 - sy : ay1 - sy, ax0 - sx : ax1 - sx
+            ]
         return out
 
     def _read_bytes(self, page: Any, idx: list[int]) -> list[bytes | None]:
@@ -187,8 +188,13 @@ class TiffReader(SlideReader):
             sel: list[Any] = []
             for ax in axes:
                 sel.append(
-                    slice(y, y + h) if ax == "Y" else slice(x, x + w) if ax == "X" else
-                    slice(None) if ax in "SC" else 0
+                    slice(y, y + h)
+                    if ax == "Y"
+                    else slice(x, x + w)
+                    if ax == "X"
+                    else slice(None)
+                    if ax in "SC"
+                    else 0
                 )
             data = np.asarray(arr[tuple(sel)])
         kept = [a for a in axes if a in "YXSC"]

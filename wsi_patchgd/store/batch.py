@@ -101,9 +101,14 @@ class _Progress:
         if not quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=0.0, unit="MP", desc="convert", file=sys.stderr,
-                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} MP "
-                            "[{elapsed}<{remaining}, {rate_fmt}]")
+            self.bar = tqdm(
+                total=0.0,
+                unit="MP",
+                desc="convert",
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} MP "
+                "[{elapsed}<{remaining}, {rate_fmt}]",
+            )
 
     def plan(self, mp: float) -> None:
         if self.bar is not None:
@@ -179,15 +184,21 @@ def convert_many(
         name = store_name(src)
         dest = join(out, name)
         if name in names:
-            r = SlideResult(src, dest, "failed",
-                            f"{src}: same store name as {names[name]}; rename one of them")
+            r = SlideResult(
+                src, dest, "failed", f"{src}: same store name as {names[name]}; rename one of them"
+            )
         else:
             names[name] = src
             try:
                 r = convert_slide(
-                    src, dest, options,
-                    source_options=source_options, store_options=store_options,
-                    run_shards=runner, on_progress=progress.advance, on_plan=progress.plan,
+                    src,
+                    dest,
+                    options,
+                    source_options=source_options,
+                    store_options=store_options,
+                    run_shards=runner,
+                    on_progress=progress.advance,
+                    on_plan=progress.plan,
                 )
             except WsiPatchGDError as exc:
                 r = SlideResult(src, dest, "failed", str(exc))
@@ -227,10 +238,16 @@ def write_report(
 
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
     doc = {
-        "summary": {**counts, "total": len(results),
-                    "megapixels": sum(r.megapixels for r in results)},
-        "options": {k: (v.to_dict() if hasattr(v, "to_dict") else v)
-                    for k, v in asdict(options).items() if k != "tissue"}
+        "summary": {
+            **counts,
+            "total": len(results),
+            "megapixels": sum(r.megapixels for r in results),
+        },
+        "options": {
+            k: (v.to_dict() if hasattr(v, "to_dict") else v)
+            for k, v in asdict(options).items()
+            if k != "tissue"
+        }
         | {"tissue": options.tissue.to_dict()},
         "slides": [asdict(r) for r in results],
     }

@@ -54,8 +54,7 @@ def supports(meta: dict[str, Any]) -> bool:
         and all(n in ("blosc", "zstd") for n in inner[1:])
         and len(inner) <= 2
         and meta.get("data_type") == "uint8"
-        and meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
-        == "/"
+        and meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/") == "/"
     )
 
 

@@ -142,9 +142,7 @@ def _write_shard(job: _Job, plan: _LevelPlan, sy: int, sx: int) -> float:
     h, w = min(s, plan.height - y), min(s, plan.width - x)
     kind, src = plan.origin.split(":")
     if kind == "source":
-        rgb = _reader(job.source, job.reader, job.source_options).read_region(
-            int(src), x, y, w, h
-        )
+        rgb = _reader(job.source, job.reader, job.source_options).read_region(int(src), x, y, w, h)
         chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
     else:
         below = _array(job.store_url, job.store_options, int(src))
@@ -220,7 +218,7 @@ def _store_state(url: str, storage_options: StorageOptions | None) -> dict[str, 
         group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r")
     except Exception:
         return {}
-    return dict(group.attrs.get(ATTR_KEY, {}))
+    return dict(group.attrs.get(ATTR_KEY) or {})  # type: ignore[arg-type]
 
 
 def _create_store(
@@ -307,10 +305,9 @@ def _finish_tissue(
 ) -> dict[str, Any]:
     store = zarr_store(url, storage_options)
     group = zarr.open_group(store, mode="r+")
-    lvl = next(
-        (pl for pl in plans if max(pl.height, pl.width) <= options.mask_max_size), plans[-1]
-    )
-    thumb = np.asarray(group[str(lvl.index)][:]).transpose(1, 2, 0)
+    lvl = next((pl for pl in plans if max(pl.height, pl.width) <= options.mask_max_size), plans[-1])
+    level_array: Any = group[str(lvl.index)]
+    thumb = np.asarray(level_array[:]).transpose(1, 2, 0)
     mask = detect_tissue(thumb, options.tissue)
     if "tissue" in group:
         del group["tissue"]
@@ -405,9 +402,7 @@ def convert_slide(
         identity = source_identity(source, source_options)
         plans = plan_levels(reader, options)
         try:
-            target, resumed = _prepare_target(
-                reader, dest, store_options, plans, options, identity
-            )
+            target, resumed = _prepare_target(reader, dest, store_options, plans, options, identity)
         except _Skip:
             return SlideResult(source, dest, "skipped", "already complete", levels=len(plans))
         done = _done_markers(target, store_options) if resumed else set()
@@ -431,11 +426,14 @@ def convert_slide(
                 if (pl.index, sy, sx) not in done
             ]
             per_level.append(tasks)
-            todo_mp += sum(
-                min(job.shard, pl.height - sy * job.shard)
-                * min(job.shard, pl.width - sx * job.shard)
-                for _, _, sy, sx in tasks
-            ) / 1e6
+            todo_mp += (
+                sum(
+                    min(job.shard, pl.height - sy * job.shard)
+                    * min(job.shard, pl.width - sx * job.shard)
+                    for _, _, sy, sx in tasks
+                )
+                / 1e6
+            )
         if on_plan:
             on_plan(todo_mp)
         written = 0.0
@@ -500,16 +498,16 @@ def _prepare_target(
             raise _Skip()
         target = dest.rstrip("/") + ".rebuild"  # the complete store stays until the swap
         state = _store_state(target, store_options)
-    elif state is not None and not options.overwrite and not (
-        _same_source(state, identity) and _compatible(state, plans, options)
+    elif (
+        state is not None
+        and not options.overwrite
+        and not (_same_source(state, identity) and _compatible(state, plans, options))
     ):
         raise StoreError(
             f"{dest}: an incomplete store from another source or other settings is there; "
             "use --overwrite to rebuild it"
         )
-    resumed = bool(
-        state and _same_source(state, identity) and _compatible(state, plans, options)
-    )
+    resumed = bool(state and _same_source(state, identity) and _compatible(state, plans, options))
     if not resumed:
         _remove(target, store_options)
         _create_store(target, store_options, reader, plans, options, identity)
@@ -542,5 +540,3 @@ def store_name(source: str) -> str:
 
 def result_dict(r: SlideResult) -> dict[str, Any]:
     return asdict(r)
-
-

@@ -44,9 +44,7 @@ def compressors(codec: str, level: int | None = None) -> Any:
     raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
 
 
-def ome_multiscales(
-    name: str, downsamples: list[float], mpp: float | None
-) -> dict[str, Any]:
+def ome_multiscales(name: str, downsamples: list[float], mpp: float | None) -> dict[str, Any]:
     """OME-NGFF 0.5 ``ome`` attribute for levels with the given downsamples."""
     unit = {"unit": "micrometer"} if mpp else {}
     px = mpp or 1.0

@@ -50,7 +50,7 @@ class SlideStore:
                 f"{self.url}: a Zarr group but not a wsi_patchgd store (no '{ATTR_KEY}' "
                 "attributes); create it with `wsi-patchgd convert`"
             )
-        self.meta: dict[str, Any] = attrs[ATTR_KEY]
+        self.meta: dict[str, Any] = dict(attrs[ATTR_KEY])  # type: ignore[arg-type]
         if int(self.meta.get("format_version", 0)) > FORMAT_VERSION:
             raise StoreError(
                 f"{self.url}: store format {self.meta.get('format_version')} is newer than this "
@@ -61,7 +61,7 @@ class SlideStore:
                 f"{self.url}: store is incomplete (its conversion did not finish); rerun "
                 "`wsi-patchgd convert` on its source to resume it"
             )
-        self.ome: dict[str, Any] = attrs.get("ome", {})
+        self.ome: dict[str, Any] = dict(attrs.get("ome") or {})  # type: ignore[arg-type]
         self._arrays: dict[int, Any] = {}
         self._storage_options = storage_options
         self._chunk_readers: dict[int, Any] = {}
@@ -156,7 +156,11 @@ class SlideStore:
         return out
 
     def read_patches(
-        self, level: int, rows: Sequence[int], cols: Sequence[int], patch_size: int | None = None
+        self,
+        level: int,
+        rows: Sequence[int] | np.ndarray,
+        cols: Sequence[int] | np.ndarray,
+        patch_size: int | None = None,
     ) -> np.ndarray:
         """Patches of the level's grid by (row, col): (m, 3, P, P) uint8, read concurrently.
 
@@ -193,7 +197,10 @@ class SlideStore:
     # -- tissue ----------------------------------------------------------------------------
     def tissue_mask(self) -> np.ndarray:
         """The stored tissue mask (bool, at ``meta['tissue']['mask_downsample']``)."""
-        return np.asarray(self.group["tissue/mask"][:]).astype(bool)
+        return np.asarray(self._node("tissue/mask")[:]).astype(bool)
+
+    def _node(self, key: str) -> Any:
+        return self.group[key]
 
     @property
     def mask_downsample(self) -> float:
@@ -203,7 +210,7 @@ class SlideStore:
         """Tissue fraction of every patch of a level's grid, float32 (n_h, n_w)."""
         key = f"tissue/fraction/{level}"
         try:
-            return np.asarray(self.group[key][:], dtype=np.float32)
+            return np.asarray(self._node(key)[:], dtype=np.float32)
         except KeyError as exc:
             raise StoreError(f"{self.url}: no patch table for level {level} ({key})") from exc
 

@@ -1,0 +1,363 @@
+"""Backbones: any torchvision classification model, its classifier removed.
+
+:func:`build_backbone` gives the patch encoder ``f`` of PatchGD: ``(N, 3, P, P)`` float images
+to ``(N, out_dim)`` vectors (the model's pooled features, then a linear projection).
+:func:`build_feature_map` gives the same model's *spatial* feature map ``(N, C, h, w)`` (the
+input of its global pooling), used by the standard gradient-descent baseline.
+
+Weights: ``None`` (random init, the default: nothing is downloaded), a local file (a
+torchvision-format state dict of the whole classification model, or the state dict of one of
+our :class:`Backbone` modules), or a torchvision weights name such as ``"IMAGENET1K_V1"`` or
+``"DEFAULT"``, which torchvision downloads (needs internet).
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from wsi_patchgd.errors import ConfigError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Backbone",
+    "CheckpointedSequential",
+    "FeatureMap",
+    "build_backbone",
+    "build_feature_map",
+    "list_backbones",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_PROBE_SIZES = (64, 224)
+_NO_AUX = ("googlenet", "inception_v3")
+
+
+def list_backbones() -> list[str]:
+    """Names of the torchvision classification models :func:`build_backbone` accepts."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+class CheckpointedSequential(nn.Sequential):
+    """``nn.Sequential`` that runs each child with parameters under gradient checkpointing.
+
+    Only while training with autograd enabled; otherwise it is a plain ``nn.Sequential``. The
+    state-dict keys are those of the sequential it replaces. BatchNorm layers inside a
+    checkpointed child update their running statistics twice per step (forward and
+    recomputation); use ``eval_norm`` or accept the slightly faster-moving averages.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Apply the children in order, checkpointing each one that has parameters."""
+        use_ckpt = self.training and torch.is_grad_enabled()
+        for module in self:
+            has_params = next(module.parameters(), None) is not None
+            if use_ckpt and has_params:
+                input = checkpoint(module, input, use_reentrant=False)
+            else:
+                input = module(input)
+        return input
+
+
+def _enable_checkpointing(module: nn.Module) -> int:
+    """Turn the top-most ``nn.Sequential`` modules of ``module`` into checkpointed ones."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Sequential) and len(child) >= 2:
+            replacement = CheckpointedSequential(OrderedDict(child.named_children()))
+            replacement.train(child.training)
+            setattr(module, name, replacement)
+            count += 1
+        else:
+            count += _enable_checkpointing(child)
+    return count
+
+
+def _first_tensor(out: Any) -> Tensor:
+    """The main output of a model that may return a namedtuple (GoogLeNet, Inception)."""
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"backbone returned {type(out).__name__}, expected a tensor")
+
+
+def _pooled(h: Tensor) -> Tensor:
+    if h.ndim == 4:
+        return h.mean(dim=(2, 3))
+    if h.ndim != 2:
+        raise ValueError(f"backbone features have shape {tuple(h.shape)}, expected (N, C)")
+    return h
+
+
+def _check_name(name: str) -> None:
+    names = list_backbones()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}?" if close else f"e.g. {', '.join(names[:5])}"
+        raise ConfigError(
+            f"unknown backbone {name!r}: not a torchvision classification model; {hint} "
+            "(see wsi_patchgd.models.list_backbones())"
+        )
+
+
+def _is_weights_file(weights: str) -> bool:
+    path = Path(weights).expanduser()
+    return (
+        path.exists()
+        or path.suffix in {".pt", ".pth", ".bin", ".ckpt", ".tar"}
+        or "/" in weights
+        or "\\" in weights
+    )
+
+
+def _torchvision_model(name: str, weights: str | None) -> nn.Module:
+    """The classification model, with torchvision weights when ``weights`` names an enum."""
+    _check_name(name)
+    kwargs: dict[str, Any] = {"aux_logits": False} if name in _NO_AUX else {}
+    if weights is not None and not _is_weights_file(weights):
+        enum = torchvision.models.get_model_weights(name)
+        try:
+            chosen = enum[weights.removeprefix(enum.__name__ + ".")]
+        except KeyError:
+            valid = ", ".join(["DEFAULT", *(w.name for w in enum)])
+            raise ConfigError(
+                f"weights={weights!r} is neither a file nor a torchvision weights name of "
+                f"{name}; use a path or one of: {valid}"
+            ) from None
+        kwargs["weights"] = chosen
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # GoogLeNet/Inception init notice
+        warnings.simplefilter("ignore", UserWarning)
+        return torchvision.models.get_model(name, **kwargs)
+
+
+def _remove_classifier(model: nn.Module) -> str:
+    """Replace the final classification layer by ``nn.Identity``; return its qualified name.
+
+    The final layer is the last ``nn.Linear`` or ``nn.Conv2d`` registered in the model
+    (``fc`` in ResNet/RegNet/ShuffleNet/GoogLeNet, ``classifier[-1]`` in MobileNet,
+    EfficientNet, ConvNeXt, VGG, ``classifier`` in DenseNet, ``heads.head`` in ViT, ``head`` in
+    Swin, the 1x1 convolution of SqueezeNet) — true of every torchvision classification model.
+    """
+    last = None
+    for qualified, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            last = qualified
+    if not last:
+        raise ConfigError(f"cannot find the classifier of {type(model).__name__}")
+    parent_name, _, attr = last.rpartition(".")
+    setattr(model.get_submodule(parent_name), attr, nn.Identity())
+    return last
+
+
+@torch.no_grad()
+def _probe(module: nn.Module, fn: Any) -> Any:
+    """Run ``fn(module, x)`` on a dummy batch in eval mode, trying 64 px then 224 px inputs."""
+    was_training = module.training
+    module.eval()
+    error: Exception | None = None
+    try:
+        for size in _PROBE_SIZES:
+            try:
+                return fn(module, torch.zeros(1, 3, size, size))
+            except Exception as exc:  # models with a minimum or fixed input size
+                error = exc
+        raise ConfigError(f"cannot run {type(module).__name__} on a dummy image: {error}")
+    finally:
+        module.train(was_training)
+
+
+def _load_state_file(path: str) -> dict[str, Tensor]:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"weights file {path!r} not found; give an existing path or None")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"weights file {path!r} cannot be read as a state dict: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ConfigError(f"weights file {path!r} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_into(
+    module: nn.Module, state: dict[str, Tensor], ignore: tuple[str, ...], src: str
+) -> None:
+    """Load ``state`` into ``module``; missing or mis-shaped keys are errors, extra keys warn."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    extra = [k for k in state if k not in own and not k.startswith(ignore)]
+    if missing or shapes:
+        raise ConfigError(
+            f"weights file {src!r} does not fit this model: {len(missing)} missing keys "
+            f"{missing[:4]}, {len(shapes)} with another shape {shapes[:4]}; check the "
+            "backbone name (and out_dim for a saved backbone)"
+        )
+    if extra:
+        warnings.warn(
+            f"weights file {src!r}: ignored {len(extra)} unexpected keys {extra[:4]}",
+            stacklevel=3,
+        )
+    module.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
+
+
+def _classifier_free(name: str, weights: str | None) -> tuple[nn.Module, str]:
+    """The torchvision model without its classifier, with weights loaded."""
+    model = _torchvision_model(name, weights)
+    removed = _remove_classifier(model)
+    if weights is not None and _is_weights_file(weights):
+        state = _load_state_file(weights)
+        if any(k.startswith("features.") for k in state) and "proj.weight" in state:
+            state = {k.removeprefix("features."): v for k, v in state.items()}
+        _load_into(model, state, ignore=(removed + ".", "proj."), src=weights)
+    return model, removed
+
+
+class Backbone(nn.Module):
+    """Patch encoder: a torchvision trunk (classifier removed), pooled, then ``Linear`` to D.
+
+    Attributes:
+        name: torchvision model name.
+        features: The torchvision model with its classifier replaced by ``nn.Identity``.
+        proj: ``Linear(feature_dim, out_dim)``.
+        feature_dim: Width of the pooled features.
+        out_dim: Output width D.
+    """
+
+    def __init__(self, name: str, features: nn.Module, feature_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.name = name
+        self.features = features
+        self.feature_dim = feature_dim
+        self.out_dim = out_dim
+        self.proj = nn.Linear(feature_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Encode patches.
+
+        Args:
+            x: Normalised float patches, ``(N, 3, P, P)``.
+
+        Returns:
+            ``(N, out_dim)`` features.
+        """
+        return self.proj(_pooled(_first_tensor(self.features(x))))
+
+
+def build_backbone(
+    name: str, out_dim: int = 256, weights: str | None = None, checkpointing: bool = False
+) -> Backbone:
+    """Build a patch encoder from any torchvision classification model.
+
+    Args:
+        name: torchvision model name, e.g. ``"resnet50"``, ``"mobilenet_v2"``.
+        out_dim: Output width D of the projection.
+        weights: ``None`` (random init), a local state-dict file (torchvision format or a saved
+            :class:`Backbone`), or a torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"``;
+            downloaded by torchvision).
+        checkpointing: Gradient-checkpoint the feature extractor: every top-most
+            ``nn.Sequential`` (ResNet stages, ``features`` of MobileNet/EfficientNet/DenseNet/
+            ConvNeXt, the ViT encoder layers) becomes a :class:`CheckpointedSequential`, so
+            activations are kept only between its children and recomputed in backward.
+
+    Returns:
+        The :class:`Backbone`, ``(N, 3, P, P) -> (N, out_dim)``. Transformers with a fixed input
+        size (ViT) only accept patches of that size.
+
+    Raises:
+        ConfigError: Unknown model name (with close names), missing or unfitting weights file,
+            unknown torchvision weights name, or ``out_dim < 1``.
+    """
+    if out_dim < 1:
+        raise ConfigError(f"out_dim={out_dim} must be >= 1")
+    features, _ = _classifier_free(name, weights)
+    feature_dim = int(_probe(features, lambda m, x: _pooled(_first_tensor(m(x)))).shape[1])
+    backbone = Backbone(name, features, feature_dim, out_dim)
+    if weights is not None and _is_weights_file(weights):
+        state = _load_state_file(weights)
+        if "proj.weight" in state:
+            _load_into(
+                backbone.proj,
+                {k[5:]: v for k, v in state.items() if k.startswith("proj.")},
+                (),
+                weights,
+            )
+    if checkpointing:
+        _enable_checkpointing(backbone.features)
+    return backbone
+
+
+class FeatureMap(nn.Module):
+    """The spatial feature map of a torchvision model: ``(N, 3, H, W) -> (N, C, h, w)``.
+
+    Attributes:
+        name: torchvision model name.
+        node: The traced graph node whose output is returned (the input of global pooling).
+        channels: ``C``.
+    """
+
+    def __init__(self, name: str, trunk: nn.Module, node: str, channels: int) -> None:
+        super().__init__()
+        self.name = name
+        self.trunk = trunk
+        self.node = node
+        self.channels = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Spatial features ``(N, C, h, w)`` of normalised images ``(N, 3, H, W)``."""
+        return self.trunk(x)["map"]
+
+
+def build_feature_map(name: str, weights: str | None = None) -> FeatureMap:
+    """The feature extractor of a torchvision model, stopped before its global pooling.
+
+    The node is found by tracing the model (``torchvision.models.feature_extraction``) and
+    taking the last node whose output is 4-D with both spatial sizes above 1 on a dummy image:
+    e.g. ``layer4`` of ResNet, ``features`` of MobileNet, the ReLU after DenseNet's
+    ``features``. For ViT (no spatial map) that is the patch embedding, which is not useful:
+    the baseline is meant for convolutional models.
+
+    Args:
+        name: torchvision model name.
+        weights: As in :func:`build_backbone`.
+
+    Returns:
+        The :class:`FeatureMap`.
+
+    Raises:
+        ConfigError: As in :func:`build_backbone`, or if no spatial node is found.
+    """
+    from torchvision.models.feature_extraction import (
+        create_feature_extractor,
+        get_graph_node_names,
+    )
+
+    model, _ = _classifier_free(name, weights)
+    _, nodes = get_graph_node_names(model)
+    probe = create_feature_extractor(model, return_nodes=nodes)
+    outputs: dict[str, Any] = _probe(probe, lambda m, x: m(x))
+    chosen = None
+    for node, value in outputs.items():
+        if isinstance(value, Tensor) and value.ndim == 4 and min(value.shape[2:]) > 1:
+            chosen = (node, int(value.shape[1]))
+    if chosen is None:
+        raise ConfigError(f"backbone {name!r} has no spatial feature map; use a CNN")
+    trunk = create_feature_extractor(model, return_nodes={chosen[0]: "map"})
+    return FeatureMap(name, trunk, chosen[0], chosen[1])
