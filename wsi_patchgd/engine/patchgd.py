@@ -259,7 +259,14 @@ class PatchGDModel(nn.Module):
             maybe_autocast(self.device, autocast_dtype),
         ):
             z = self.with_background(z, background)
-            for chunk in _fill_chunks(grids, batch_size):
+            order = getattr(source, "storage_order", None)
+            indices = [
+                order(images[b], g.tissue_indices()) if order else g.tissue_indices()
+                for b, g in enumerate(grids)
+            ]
+            chunks = list(_fill_chunks(indices, batch_size))
+            _announce(source, [(images[b], idx) for chunk in chunks for b, idx in chunk])
+            for chunk in chunks:
                 patches = torch.cat([source.read(images[b], idx) for b, idx in chunk])
                 cells = [(b, *grids[b].coords(idx)) for b, idx in chunk]
                 z = _write(z, cells, self.embed(patches))
@@ -327,14 +334,20 @@ class PatchGDModel(nn.Module):
         return self.head(z, mask)
 
 
+def _announce(source: PatchSource, requests: list[tuple[int, np.ndarray]]) -> None:
+    """Tell a prefetching source (one with ``prefetch``) which reads follow, in order."""
+    prefetch = getattr(source, "prefetch", None)
+    if prefetch is not None and requests:
+        prefetch(requests)
+
+
 def _fill_chunks(
-    grids: Sequence[PatchGrid], batch_size: int
+    indices: Sequence[np.ndarray], batch_size: int
 ) -> Iterator[list[tuple[int, np.ndarray]]]:
-    """Tissue patches of all images in storage order, ``batch_size`` at a time."""
+    """The given patches of all images (storage order), ``batch_size`` at a time."""
     chunk: list[tuple[int, np.ndarray]] = []
     size = 0
-    for b, grid in enumerate(grids):
-        idx = grid.tissue_indices()
+    for b, idx in enumerate(indices):
         pos = 0
         while pos < idx.size:
             take = min(batch_size - size, idx.size - pos)
@@ -440,6 +453,15 @@ def train_batch(
         optimizer.zero_grad(set_to_none=True)
     latent, fill_patches = net.fill(source, images, fill_batch_size, False, autocast_dtype)
     plans = [sampler.plan(grid, k, zeta, rng) for grid in latent.grids]
+    _announce(
+        source,
+        [
+            (images[b], plans[b][j])
+            for j in range(zeta)
+            for b in range(len(images))
+            if plans[b][j].size
+        ],
+    )
     result = StepResult(
         loss=0.0, losses=[], logits=[], sampled=[], optimizer_steps=0,
         grad_forward_calls=0, grad_patches=0, fill_patches=fill_patches,
