@@ -39,10 +39,12 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import convert, info
+    from . import convert, info, train
 
     for mod in (convert, info):
         main.add_command(mod.command)
+    for cmd in (train.train_command, train.evaluate_command, train.predict_command):
+        main.add_command(cmd)
 
 
 _register()

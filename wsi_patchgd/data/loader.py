@@ -29,7 +29,7 @@ class StorePatchSource:
 
     Args:
         stores: store URLs (image id = position in this list).
-        level: pyramid level to train on.
+        level: pyramid level to train on, or one level per store.
         patch_size: patch side (default: the store's chunk size, the fast path).
         tissue_threshold: a patch is tissue when its stored tissue fraction is >= this.
         storage_options: fsspec options for remote stores.
@@ -40,7 +40,7 @@ class StorePatchSource:
     def __init__(
         self,
         stores: Sequence[str],
-        level: int = 0,
+        level: int | Sequence[int] = 0,
         patch_size: int | None = None,
         tissue_threshold: float = 0.1,
         storage_options: StorageOptions | None = None,
@@ -48,7 +48,9 @@ class StorePatchSource:
         record_reads: bool = False,
     ) -> None:
         self.urls = list(stores)
-        self.level = level
+        self.levels = [int(level)] * len(self.urls) if isinstance(level, int) else list(level)
+        if len(self.levels) != len(self.urls):
+            raise ValueError(f"{len(self.levels)} levels for {len(self.urls)} stores")
         self._patch_size = patch_size
         self.tissue_threshold = tissue_threshold
         self.storage_options = storage_options
@@ -80,22 +82,22 @@ class StorePatchSource:
             s = self.store(image)
             p = self.patch_size
             if p == s.patch_size:
-                fractions = s.patch_fractions(self.level)
+                fractions = s.patch_fractions(self.levels[image])
             else:
-                scale = s.mask_downsample / s.downsample(self.level)
+                scale = s.mask_downsample / s.downsample(self.levels[image])
                 fractions = patch_tissue_fractions(
-                    s.tissue_mask(), 1.0 / scale, p, s.grid_shape(self.level, p)
+                    s.tissue_mask(), 1.0 / scale, p, s.grid_shape(self.levels[image], p)
                 )
-            self._grids[image] = PatchGrid.from_fractions(fractions, self.tissue_threshold)
+            self._grids[image] = PatchGrid.from_fractions(fractions, self.tissue_threshold, p)
         return self._grids[image]
 
     def grid_shape(self, image: int) -> tuple[int, int]:
-        return self.store(image).grid_shape(self.level, self.patch_size)
+        return self.store(image).grid_shape(self.levels[image], self.patch_size)
 
     def _read_now(self, image: int, indices: np.ndarray) -> np.ndarray:
         grid = self.grid(image)
         rows, cols = grid.coords(np.asarray(indices, np.int64))
-        out = self.store(image).read_patches(self.level, rows, cols, self.patch_size)
+        out = self.store(image).read_patches(self.levels[image], rows, cols, self.patch_size)
         if self.reads is not None:
             self.reads.append((image, tuple(out.shape)))
         return out

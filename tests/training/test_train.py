@@ -1,0 +1,161 @@
+"""Training end to end through the real CLI: run directory, resume after SIGKILL, evaluate,
+predict, the GD baseline, config and memory-budget errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from wsi_patchgd.errors import ConfigError, MemoryBudgetError
+from wsi_patchgd.training.config import load_config
+from wsi_patchgd.training.trainer import train
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wsi_patchgd", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset: Path) -> Path:
+    r = cli("train", str(tiny_dataset / "config.yaml"), "output.dir=runs/full", "-q")
+    assert r.returncode == 0, r.stderr
+    return tiny_dataset / "runs" / "full"
+
+
+def test_run_directory(trained: Path) -> None:
+    assert (trained / "config.yaml").is_file()
+    recs = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [0, 1, 2]
+    for r in recs:
+        for key in (
+            "train_loss",
+            "train_accuracy",
+            "train_qwk",
+            "val_loss",
+            "val_accuracy",
+            "val_qwk",
+        ):
+            assert r[key] is not None and r[key] == r[key], key
+    st = torch.load(trained / "checkpoints" / "last.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "epoch", "rng"} <= st.keys()
+    assert st["epoch"] == 2 and {"shuffle", "sampler", "torch"} <= st["rng"].keys()
+    for png in ("curves.png", "heatmap-s06.png", "heatmap-s07.png"):
+        data = (trained / "plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["method"] == "patchgd" and summary["epochs"] == 3
+    assert len(summary["predictions"]) == 2
+    assert "| epoch |" in (trained / "summary.md").read_text()
+
+
+def test_resume_after_kill_equals_uninterrupted(trained: Path, tiny_dataset: Path) -> None:
+    out = tiny_dataset / "runs" / "killed"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wsi_patchgd",
+            "train",
+            str(tiny_dataset / "config.yaml"),
+            "output.dir=runs/killed",
+            "-q",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(last, weights_only=False)["epoch"] < 2
+    r = cli("train", str(tiny_dataset / "config.yaml"), "output.dir=runs/killed", "--resume", "-q")
+    assert r.returncode == 0, r.stderr
+    a = torch.load(trained / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(last, weights_only=False)
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0, msg=k)
+    ma = (trained / "metrics.jsonl").read_text().splitlines()
+    mb = (out / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in ma]
+    assert strip == [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in mb]
+
+
+def test_evaluate_and_predict(trained: Path, tiny_dataset: Path) -> None:
+    r = cli("evaluate", str(trained), "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    summary = json.loads((trained / "summary.json").read_text())
+    assert res["accuracy"] == pytest.approx(summary["val_accuracy"])
+    stores = [str(tiny_dataset / "stores" / f"s{i:02d}.zarr") for i in (6, 7)]
+    out = tiny_dataset / "pred.csv"
+    r = cli(
+        "predict",
+        "--checkpoint",
+        str(trained / "checkpoints" / "best.pt"),
+        *stores,
+        "--out",
+        str(out),
+        "--heatmaps",
+        str(tiny_dataset / "hm"),
+    )
+    assert r.returncode == 0, r.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "slide_id,store,pred,p0,p1" and len(lines) == 3
+    assert {p.name for p in (tiny_dataset / "hm").iterdir()} == {
+        "heatmap-s06.png",
+        "heatmap-s07.png",
+    }
+
+
+def test_gd_baseline_trains(tiny_dataset: Path) -> None:
+    cfg = load_config(
+        tiny_dataset / "config.yaml",
+        ["patchgd.method=gd", "output.dir=runs/gd", "schedule.epochs=1"],
+    )
+    s = train(cfg, quiet=True)
+    assert s["method"] == "gd" and s["val_accuracy"] is not None
+
+
+def test_config_errors(tiny_dataset: Path) -> None:
+    c = str(tiny_dataset / "config.yaml")
+    r = cli("train", c, "optim.lrr=0.1")
+    assert r.returncode == 2 and "'optim.lrr' is unknown; did you mean 'optim.lr'" in r.stderr
+    r = cli("train", c, "model.num_classes=1", "output.dir=runs/e1")
+    assert r.returncode == 2 and "label 1 outside the classes 0..0" in r.stderr
+    r = cli("train", c, "output.dir=runs/e2", "--memory-budget", "20MB")
+    assert r.returncode == 2 and "too small for k=1" in r.stderr
+    r = cli("train", c, "output.dir=runs/full")  # exists already (module fixture ran first)
+    with pytest.raises(ConfigError, match="unknown"):
+        load_config(c, ["schedule.epoch=1"])
+
+
+def test_memory_budget_picks_k(tiny_dataset: Path) -> None:
+    from wsi_patchgd.training.trainer import build
+
+    cfg = load_config(
+        tiny_dataset / "config.yaml",
+        ["patchgd.memory_budget=150MB", "patchgd.sampling_fraction=1.0"],
+    )
+    logs: list[str] = []
+    s = build(cfg, log=logs.append)
+    assert s.memory is not None and 1 <= s.k <= s.memory.k
+    assert any("k=" in x for x in logs)
+    with pytest.raises(MemoryBudgetError):
+        build(load_config(tiny_dataset / "config.yaml", ["patchgd.memory_budget=1MB"]))

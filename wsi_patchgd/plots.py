@@ -1,0 +1,95 @@
+"""PNG plots: learning curves from metrics.jsonl, patch heat maps over slide thumbnails."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(records: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> Path:
+    """Loss, accuracy and QWK per epoch, train and validation, one panel each."""
+    out = Path(out)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    epochs = [r["epoch"] + 1 for r in records]
+    for ax, metric in zip(axes, ("loss", "accuracy", "qwk"), strict=True):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ys = [r.get(f"{split}_{metric}") for r in records]
+            if any(y is not None for y in ys):
+                ax.plot(
+                    epochs,
+                    [np.nan if y is None else y for y in ys],
+                    style,
+                    label=split,
+                    markersize=3,
+                )
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_heatmap(
+    thumbnail: np.ndarray,
+    heat: np.ndarray,
+    out: str | Path,
+    title: str = "",
+    extent_fraction: tuple[float, float] = (1.0, 1.0),
+) -> Path:
+    """A patch heat map (n_h, n_w) over an RGB thumbnail.
+
+    Args:
+        thumbnail: (h, w, 3) uint8 of the whole slide.
+        heat: per-patch values (nan where no patch: not drawn).
+        out: PNG path.
+        title: figure title.
+        extent_fraction: the part of the thumbnail (height, width) the patch grid covers (the
+            grid's padded last row/column may reach past the image).
+    """
+    out = Path(out)
+    h, w = thumbnail.shape[:2]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5 * h / max(w, 1) + 0.6))
+    for ax in axes:
+        ax.imshow(thumbnail)
+        ax.set_axis_off()
+    gh, gw = extent_fraction
+    masked = np.ma.masked_invalid(heat)
+    vmax = float(np.nanmax(np.abs(heat))) if np.isfinite(heat).any() else 1.0
+    im = axes[1].imshow(
+        masked,
+        cmap="coolwarm",
+        alpha=0.6,
+        vmin=-vmax,
+        vmax=vmax,
+        extent=(0, w * gw, h * gh, 0),
+        interpolation="nearest",
+    )
+    axes[1].set_xlim(0, w)
+    axes[1].set_ylim(h, 0)
+    fig.colorbar(im, ax=axes[1], fraction=0.04, label="contribution to predicted class")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

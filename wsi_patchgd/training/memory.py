@@ -1,0 +1,120 @@
+"""Memory budget: choose k (patches with gradient per image per inner iteration) and the Z-filling
+batch so that a training step fits a budget.
+
+A step costs about parameters + gradients + optimizer state + B * k patch activations (kept for
+backward) + Z and the head's activations over Z. Activations are measured, not guessed: one
+forward of a single patch through the backbone (and of a small grid through the head) with hooks
+that add up every module's output. ``benchmarks/bench_train.py`` checks the estimate against the
+measured peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import MemoryBudgetError
+from .config import parse_bytes
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    k: int
+    fill_batch_size: int
+    budget: int
+    fixed: int  #: parameters + gradients + optimizer state
+    latent: int  #: Z, its clone and the head's activations
+    per_patch_grad: int  #: activations of one patch kept for backward
+    per_patch_fill: int  #: peak of one patch's gradient-free forward
+
+    def describe(self) -> str:
+        mb = 1e6
+        return (
+            f"budget {self.budget / mb:.0f} MB = weights+grads+optimizer "
+            f"{self.fixed / mb:.0f} MB + Z/head {self.latent / mb:.1f} MB + B*k x "
+            f"{self.per_patch_grad / mb:.2f} MB/patch"
+        )
+
+
+def _activation_bytes(module: nn.Module, x: torch.Tensor, *args: object) -> tuple[int, int]:
+    """(sum of all leaf outputs, largest single leaf output) in bytes for one forward."""
+    total, largest = 0, 0
+
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
+        nonlocal total, largest
+        if isinstance(out, torch.Tensor):
+            b = out.numel() * out.element_size()
+            total += b
+            largest = max(largest, b)
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
+    was = module.training
+    try:
+        module.eval()  # same output sizes; BatchNorm accepts a single 1x1 sample in eval mode
+        module(x, *args)
+    finally:
+        module.train(was)
+        for h in handles:
+            h.remove()
+    return total, largest
+
+
+def plan_memory(
+    model: nn.Module,
+    patch_size: int,
+    batch_size: int,
+    cells: int,
+    latent_dim: int,
+    budget: str | int,
+    optimizer: str = "adam",
+    max_fill_batch: int = 1024,
+) -> MemoryPlan:
+    """The largest k and fill batch that fit ``budget``.
+
+    Args:
+        model: a PatchGDModel (``.backbone``, ``.head``).
+        patch_size: P.
+        batch_size: images per step (B).
+        cells: grid cells of the largest image (n_h * n_w).
+        latent_dim: D.
+        budget: bytes or a size string ("4GB").
+        optimizer: adam/adamw (2 states per parameter) or sgd (1).
+
+    Raises:
+        MemoryBudgetError: not even k = 1 fits; the message says how much is needed.
+    """
+    total_budget = budget if isinstance(budget, int) else parse_bytes(budget)
+    n_params = sum(p.numel() for p in model.parameters())
+    states = 1 if optimizer == "sgd" else 2
+    fixed = n_params * 4 * (2 + states)
+    x = torch.zeros(1, 3, patch_size, patch_size)
+    with torch.enable_grad():
+        grad_bytes, _ = _activation_bytes(model.backbone, x)  # type: ignore[arg-type]
+    with torch.no_grad():
+        _, fill_peak = _activation_bytes(model.backbone, x)  # type: ignore[arg-type]
+        side = 4
+        z = torch.zeros(1, latent_dim, side, side)
+        head_total, _ = _activation_bytes(
+            model.head, z, torch.ones(1, side, side, dtype=torch.bool)
+        )  # type: ignore[arg-type]
+    per_cell = head_total / (side * side) + 3 * latent_dim * 4
+    latent = int(batch_size * cells * per_cell * 2)  # forward + backward of the head
+    per_patch_grad = int(grad_bytes * 1.5)  # outputs + saved inputs of some ops
+    per_patch_fill = int(fill_peak * 2 + x.numel() * 4)
+    room = total_budget - fixed - latent
+    k = room // max(1, batch_size * per_patch_grad)
+    if k < 1:
+        need = fixed + latent + batch_size * per_patch_grad
+        raise MemoryBudgetError(
+            f"memory budget {budget} is too small for k=1: one step needs about "
+            f"{need / 1e6:.0f} MB (weights+grads+optimizer {fixed / 1e6:.0f} MB, Z and head "
+            f"{latent / 1e6:.0f} MB, one patch per image {batch_size * per_patch_grad / 1e6:.0f}"
+            " MB); raise patchgd.memory_budget, lower schedule.batch_size, or use a smaller "
+            "backbone or patch size"
+        )
+    fill = max(1, min(max_fill_batch, (total_budget - fixed - latent) // max(1, per_patch_fill)))
+    return MemoryPlan(
+        int(k), int(fill), total_budget, fixed, latent, per_patch_grad, per_patch_fill
+    )

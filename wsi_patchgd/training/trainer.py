@@ -1,0 +1,503 @@
+"""The training loop: PatchGD (or the GD baseline) over the slides of a manifest.
+
+A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per epoch: loss,
+accuracy and QWK on train and validation), ``checkpoints/last.pt`` and ``best.pt`` (model,
+optimizer, scheduler, epoch, sampler / shuffle / torch RNG states), ``plots/curves.png``,
+``plots/heatmap-<slide>.png`` and ``summary.json`` / ``summary.md``.
+
+``resume=True`` continues from ``last.pt`` with every RNG restored, so a killed run finishes
+with the same weights and metrics as an uninterrupted one (on CPU, deterministic mode).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import StorePatchSource, read_manifest
+from ..data.manifest import ManifestRow
+from ..engine.gd import GDModel, gd_predict, gd_train_batch
+from ..engine.patchgd import build_patchgd_model, predict, train_batch
+from ..errors import ConfigError
+from ..plots import plot_curves, plot_heatmap, read_metrics
+from ..sampling import build_sampler
+from ..store.slide_store import SlideStore
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig, save_config
+from .memory import MemoryPlan, plan_memory
+from .metrics import accuracy, confusion, qwk
+
+
+@dataclass
+class Setup:
+    """Everything a run (or an evaluation) builds from its config."""
+
+    cfg: RunConfig
+    rows: list[ManifestRow]
+    train_ids: list[int]
+    val_ids: list[int]
+    source: StorePatchSource
+    model: nn.Module
+    device: torch.device
+    k: int
+    zeta: int
+    epsilon: int
+    fill_batch_size: int
+    memory: MemoryPlan | None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA device is available; use device=cpu")
+    return torch.device(name)
+
+
+def gd_levels(urls: Sequence[str], size: int, storage_options: Any = None) -> list[int]:
+    """Per store, the coarsest level whose shorter side is still >= ``size`` (else level 0)."""
+    out = []
+    for u in urls:
+        s = SlideStore(u, storage_options)
+        lv = 0
+        for i in range(s.n_levels):
+            if min(s.level_shape(i)) >= size:
+                lv = i
+        out.append(lv)
+    return out
+
+
+def build(cfg: RunConfig, *, check_stores: bool = True, log: Any = print) -> Setup:
+    """Manifest, patch source, model and PatchGD settings of a config."""
+    so = cfg.data.storage_options or None
+    rows = read_manifest(
+        cfg.data.manifest, cfg.model.num_classes, check_stores=check_stores, storage_options=so
+    )
+    train_ids = [i for i, r in enumerate(rows) if r.fold in cfg.data.train_folds]
+    val_ids = [i for i, r in enumerate(rows) if r.fold in cfg.data.val_folds]
+    if not train_ids:
+        raise ConfigError(f"{cfg.data.manifest}: no slide in train_folds {cfg.data.train_folds}")
+    urls = [r.store for r in rows]
+    device = pick_device(cfg.device)
+    m, p = cfg.model, cfg.patchgd
+    if p.method == "gd":
+        levels = gd_levels(urls, p.gd_image_size, so)
+        source = StorePatchSource(urls, levels, cfg.data.patch_size, 0.0, so)
+        model: nn.Module = GDModel(
+            m.backbone,
+            m.num_classes,
+            p.gd_image_size,
+            m.latent_dim,
+            m.weights,
+            m.head_channels,
+            m.head_convs,
+            m.dropout,
+        )
+        return Setup(
+            cfg,
+            rows,
+            train_ids,
+            val_ids,
+            source,
+            model.to(device),
+            device,
+            0,
+            1,
+            1,
+            p.fill_batch_size,
+            None,
+        )
+    source = StorePatchSource(
+        urls, cfg.data.level, cfg.data.patch_size, cfg.data.tissue_threshold, so
+    )
+    grids = [source.grid(i) for i in range(len(urls))]
+    grid = None
+    if m.head == "paper":
+        shapes = {g.shape for g in grids}
+        if len(shapes) != 1:
+            raise ConfigError(
+                f"model.head=paper needs one grid size for all slides, got {shapes};"
+                " use model.head=pooled"
+            )
+        grid = shapes.pop()
+    model = build_patchgd_model(
+        m.backbone,
+        m.num_classes,
+        m.head,
+        m.latent_dim,
+        grid,
+        m.weights,
+        m.checkpointing,
+        m.background,
+        p.fill_train_mode,
+        m.head_channels,
+        m.head_convs,
+        m.dropout,
+    )
+    n_max = max(g.n_tissue for g in (grids[i] for i in train_ids))
+    if p.k is not None:
+        k = p.k
+    else:
+        assert p.sampling_fraction is not None
+        k = max(1, math.ceil(p.sampling_fraction * n_max))
+    zeta = p.inner_iterations or max(1, math.ceil(n_max / k))
+    fill_bs = p.fill_batch_size
+    plan = None
+    if p.memory_budget:
+        cells = max(g.n_patches for g in grids)
+        plan = plan_memory(
+            model,
+            source.patch_size,
+            cfg.schedule.batch_size,
+            cells,
+            m.latent_dim,
+            p.memory_budget,
+            optimizer=cfg.optim.name,
+        )
+        if k > plan.k:
+            log(f"memory budget {p.memory_budget}: k {k} -> {plan.k}")
+            k = plan.k
+            if p.inner_iterations is None:
+                zeta = max(1, math.ceil(n_max / k))
+        fill_bs = min(fill_bs, plan.fill_batch_size)
+        log(f"memory budget {p.memory_budget}: k={k}, fill batch={fill_bs} ({plan.describe()})")
+    epsilon = p.epsilon or zeta
+    return Setup(
+        cfg,
+        rows,
+        train_ids,
+        val_ids,
+        source,
+        model.to(device),
+        device,
+        k,
+        zeta,
+        epsilon,
+        fill_bs,
+        plan,
+    )
+
+
+def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, o.lr, weight_decay=o.weight_decay)
+
+
+def _scheduler(cfg: RunConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    s = cfg.schedule
+
+    def factor(epoch: int) -> float:
+        if epoch < s.warmup_epochs:
+            return (epoch + 1) / (s.warmup_epochs + 1)
+        if s.scheduler == "constant":
+            return 1.0
+        span = max(1, s.epochs - s.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - s.warmup_epochs) / span))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def evaluate_ids(
+    setup: Setup, ids: Sequence[int], model: nn.Module | None = None
+) -> dict[str, Any]:
+    """Loss, accuracy, QWK and per-slide predictions on the given images."""
+    model = model or setup.model
+    cfg = setup.cfg
+    if not ids:
+        return {}
+    logits_all = []
+    bs = cfg.schedule.batch_size
+    autocast = torch.bfloat16 if cfg.precision == "bf16" else None
+    for i in range(0, len(ids), bs):
+        chunk = list(ids[i : i + bs])
+        if cfg.patchgd.method == "gd":
+            logits_all.append(gd_predict(model, setup.source, chunk, bs, autocast).float().cpu())
+        else:
+            logits_all.append(
+                predict(model, setup.source, chunk, setup.fill_batch_size, autocast).float().cpu()
+            )
+    logits = torch.cat(logits_all)
+    y = torch.tensor([setup.rows[i].label for i in ids])
+    pred = logits.argmax(1)
+    n_cls = cfg.model.num_classes
+    return {
+        "loss": float(nn.functional.cross_entropy(logits, y)),
+        "accuracy": accuracy(y.numpy(), pred.numpy()),
+        "qwk": qwk(y.numpy(), pred.numpy(), n_cls),
+        "confusion": confusion(y.numpy(), pred.numpy(), n_cls),
+        "predictions": [
+            {
+                "slide_id": setup.rows[i].slide_id,
+                "label": setup.rows[i].label,
+                "pred": int(p),
+                "probs": [round(float(v), 5) for v in pr],
+            }
+            for i, p, pr in zip(ids, pred, logits.softmax(1), strict=True)
+        ],
+    }
+
+
+def latent_heatmap(setup: Setup, image: int, model: nn.Module | None = None) -> np.ndarray:
+    """Per-patch contribution to the predicted class: sum over D of Z * dlogit/dZ (grad x input).
+
+    Background and padding cells are nan.
+    """
+    net = model or setup.model
+    net.eval()
+    latent, _ = net.fill(setup.source, [image], setup.fill_batch_size)  # type: ignore[operator]
+    z = latent.z.detach().requires_grad_(True)
+    logits = net.head(z, latent.valid)  # type: ignore[operator]
+    logits[0, int(logits.argmax(1)[0])].backward()
+    assert z.grad is not None
+    heat = (z.grad * z).sum(1)[0].detach().cpu().numpy().astype(np.float64)
+    grid = latent.grids[0]
+    heat = heat[: grid.n_h, : grid.n_w]
+    heat[~np.asarray(grid.tissue)] = np.nan
+    return heat
+
+
+def write_heatmap(setup: Setup, image: int, out: Path, model: nn.Module | None = None) -> Path:
+    heat = latent_heatmap(setup, image, model)
+    store = setup.source.store(image)
+    lvl = next(
+        (i for i in range(store.n_levels) if max(store.level_shape(i)) <= 1024), store.n_levels - 1
+    )
+    h, w = store.level_shape(lvl)
+    thumb = store.read_region(lvl, 0, 0, w, h).transpose(1, 2, 0)
+    level = setup.source.levels[image]
+    lh, lw = store.level_shape(level)
+    p = setup.source.patch_size
+    ext = (heat.shape[0] * p / lh, heat.shape[1] * p / lw)
+    row = setup.rows[image]
+    return plot_heatmap(thumb, heat, out, f"{row.slide_id} (label {row.label})", ext)
+
+
+def _state(
+    setup: Setup, opt: Any, sched: Any, epoch: int, rngs: dict[str, Any], best: float
+) -> dict[str, Any]:
+    return {
+        "model": setup.model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "epoch": epoch,
+        "rng": rngs,
+        "best": best,
+        "config": setup.cfg.to_dict(),
+        "k": setup.k,
+        "zeta": setup.zeta,
+        "epsilon": setup.epsilon,
+    }
+
+
+def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train (or resume) a run; returns the summary (also written to the run directory).
+
+    Raises:
+        ConfigError: bad config, manifest problems, a run already in the output directory.
+    """
+    out = Path(cfg.output.dir)
+    ckpt_dir, plots = out / "checkpoints", out / "plots"
+    last = ckpt_dir / "last.pt"
+    if last.exists() and not resume:
+        raise ConfigError(f"{out}: holds a run already; use --resume or another output.dir")
+    if resume and not last.exists():
+        raise ConfigError(f"{out}: nothing to resume (no checkpoints/last.pt)")
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    setup = build(cfg, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    plots.mkdir(exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    model = setup.model
+    opt = _optimizer(cfg, model)
+    sched = _scheduler(cfg, opt)
+    shuffle_rng = np.random.default_rng(cfg.seed)
+    sampler_rng = np.random.default_rng(cfg.seed + 1)
+    sampler = build_sampler(cfg.patchgd.sampler)
+    start, best = 0, -math.inf
+    metrics_path = out / "metrics.jsonl"
+    if resume:
+        st = load_checkpoint(last)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        shuffle_rng.bit_generator.state = st["rng"]["shuffle"]
+        sampler_rng.bit_generator.state = st["rng"]["sampler"]
+        torch.set_rng_state(st["rng"]["torch"])
+        start, best = st["epoch"] + 1, st["best"]
+        kept = [r for r in read_metrics(metrics_path) if r["epoch"] < start]
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        log(f"resuming {out} at epoch {start + 1}")
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    loss_fn = nn.functional.cross_entropy
+    autocast = torch.bfloat16 if cfg.precision == "bf16" else None
+    bs = cfg.schedule.batch_size
+    method = cfg.patchgd.method
+    log(
+        f"{method}: {len(setup.train_ids)} train / {len(setup.val_ids)} val slides, "
+        + (
+            f"k={setup.k}, zeta={setup.zeta}, epsilon={setup.epsilon}"
+            if method == "patchgd"
+            else f"image {cfg.patchgd.gd_image_size}px"
+        )
+    )
+    t_start = time.perf_counter()
+    from tqdm import tqdm
+
+    for epoch in range(start, cfg.schedule.epochs):
+        t0 = time.perf_counter()
+        order = shuffle_rng.permutation(setup.train_ids).tolist()
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        tot_loss, correct, seen, n_img = 0.0, 0, 0, 0
+        y_all: list[int] = []
+        p_all: list[int] = []
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}",
+            file=sys.stderr,
+            disable=quiet,
+            leave=False,
+        )
+        for batch in bar:
+            labels = torch.tensor([setup.rows[i].label for i in batch])
+            if method == "gd":
+                res: Any = gd_train_batch(
+                    model, opt, setup.source, batch, labels, loss_fn, autocast_dtype=autocast
+                )
+            else:
+                res = train_batch(
+                    model,
+                    opt,
+                    setup.source,
+                    batch,
+                    labels,
+                    sampler,
+                    setup.k,
+                    setup.zeta,
+                    setup.epsilon,
+                    sampler_rng,
+                    loss_fn,
+                    setup.fill_batch_size,
+                    autocast,
+                    cfg.patchgd.eval_norm,
+                )
+            # training accuracy over every inner iteration, not only the last one
+            for lg in res["logits"]:
+                pred = lg.argmax(1)
+                correct += int((pred == labels).sum())
+                seen += len(batch)
+            y_all += labels.tolist()
+            p_all += res["logits"][-1].argmax(1).tolist()
+            tot_loss += res["loss"] * len(batch)
+            n_img += len(batch)
+            bar.set_postfix(loss=f"{tot_loss / n_img:.3f}")
+        sched.step()
+        val = evaluate_ids(setup, setup.val_ids)
+        rec = {
+            "epoch": epoch,
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": tot_loss / max(n_img, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "train_qwk": qwk(np.array(y_all), np.array(p_all), cfg.model.num_classes),
+            "val_loss": val.get("loss"),
+            "val_accuracy": val.get("accuracy"),
+            "val_qwk": val.get("qwk"),
+            "seconds": time.perf_counter() - t0,
+        }
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        score = rec["val_qwk"] if rec["val_qwk"] is not None else -rec["train_loss"]
+        if cfg.model.num_classes == 2 and rec["val_accuracy"] is not None:
+            score = rec["val_accuracy"]
+        rngs = {
+            "shuffle": shuffle_rng.bit_generator.state,
+            "sampler": sampler_rng.bit_generator.state,
+            "torch": torch.get_rng_state(),
+        }
+        improved = score > best
+        best = max(best, score)
+        if improved:
+            save_checkpoint(ckpt_dir / "best.pt", _state(setup, opt, sched, epoch, rngs, best))
+        if (epoch + 1) % cfg.output.checkpoint_every == 0 or epoch + 1 == cfg.schedule.epochs:
+            save_checkpoint(last, _state(setup, opt, sched, epoch, rngs, best))
+        plot_curves(read_metrics(metrics_path), plots / "curves.png", f"{method} {out.name}")
+        log(
+            f"epoch {epoch + 1}: train loss {rec['train_loss']:.4f} acc "
+            f"{rec['train_accuracy']:.3f} | val loss {_f(rec['val_loss'])} acc "
+            f"{_f(rec['val_accuracy'])} qwk {_f(rec['val_qwk'])} ({rec['seconds']:.1f} s)"
+        )
+    return _finish(setup, out, metrics_path, time.perf_counter() - t_start, log)
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _finish(setup: Setup, out: Path, metrics_path: Path, seconds: float, log: Any) -> dict:
+    cfg = setup.cfg
+    records = read_metrics(metrics_path)
+    best_path = out / "checkpoints" / "best.pt"
+    best_state = load_checkpoint(best_path) if best_path.exists() else None
+    val = {}
+    if best_state is not None and setup.val_ids:
+        model = setup.model
+        model.load_state_dict(best_state["model"])
+        val = evaluate_ids(setup, setup.val_ids, model)
+        if cfg.patchgd.method == "patchgd" and cfg.output.heatmaps:
+            for i in setup.val_ids[: cfg.output.heatmaps]:
+                write_heatmap(setup, i, out / "plots" / f"heatmap-{setup.rows[i].slide_id}.png")
+    summary = {
+        "run": str(out),
+        "method": cfg.patchgd.method,
+        "backbone": cfg.model.backbone,
+        "epochs": len(records),
+        "best_epoch": best_state["epoch"] if best_state else None,
+        "k": setup.k, "zeta": setup.zeta, "epsilon": setup.epsilon,
+        "val_accuracy": val.get("accuracy"),
+        "val_qwk": val.get("qwk"),
+        "val_loss": val.get("loss"),
+        "val_confusion": val.get("confusion"),
+        "final_train_loss": records[-1]["train_loss"] if records else None,
+        "seconds": seconds,
+        "memory_plan": setup.memory.describe() if setup.memory else None,
+        "predictions": val.get("predictions", []),
+    }  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    lines = [
+        f"# {out.name}: {cfg.patchgd.method} / {cfg.model.backbone}",
+        "",
+        "| epoch | train loss | train acc | val loss | val acc | val QWK |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['epoch'] + 1} | {r['train_loss']:.4f} | {r['train_accuracy']:.3f} | "
+            f"{_f(r['val_loss'])} | {_f(r['val_accuracy'])} | {_f(r['val_qwk'])} |"
+        )
+    lines += [
+        "",
+        f"Best epoch: {summary['best_epoch']}; validation accuracy "
+        f"{_f(summary['val_accuracy'])}, QWK {_f(summary['val_qwk'])}.",
+        "",
+        "![curves](plots/curves.png)",
+    ]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    log(f"run written to {out} (summary.md, metrics.jsonl, plots/, checkpoints/)")
+    return summary
