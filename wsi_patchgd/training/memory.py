@@ -96,9 +96,8 @@ def plan_memory(
         _, fill_peak = _activation_bytes(model.backbone, x)  # type: ignore[arg-type]
         side = 4
         z = torch.zeros(1, latent_dim, side, side)
-        head_total, _ = _activation_bytes(
-            model.head, z, torch.ones(1, side, side, dtype=torch.bool)
-        )  # type: ignore[arg-type]
+        head: nn.Module = model.head  # type: ignore[assignment]
+        head_total, _ = _activation_bytes(head, z, torch.ones(1, side, side, dtype=torch.bool))
     per_cell = head_total / (side * side) + 3 * latent_dim * 4
     latent = int(batch_size * cells * per_cell * 2)  # forward + backward of the head
     per_patch_grad = int(grad_bytes * 1.5)  # outputs + saved inputs of some ops
