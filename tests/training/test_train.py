@@ -159,3 +159,36 @@ def test_memory_budget_picks_k(tiny_dataset: Path) -> None:
     assert any("k=" in x for x in logs)
     with pytest.raises(MemoryBudgetError):
         build(load_config(tiny_dataset / "config.yaml", ["patchgd.memory_budget=1MB"]))
+
+
+def test_one_epoch_from_s3_stores(
+    tiny_dataset: Path, s3_bucket: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """Stores served by moto_server on 127.0.0.1, read through s3fs: one epoch trains."""
+    import s3fs
+
+    from wsi_patchgd.data.manifest import ManifestRow, read_manifest, write_manifest
+
+    bucket, so = s3_bucket
+    fs = s3fs.S3FileSystem(endpoint_url=so["endpoint_url"], key="testing", secret="testing")
+    local = read_manifest(str(tiny_dataset / "manifest.csv"), check_stores=False)
+    rows = []
+    for r in local:
+        fs.put(r.store, f"{bucket}/stores/{Path(r.store).name}", recursive=True)
+        rows.append(
+            ManifestRow(r.slide_id, f"{bucket}/stores/{Path(r.store).name}", r.label, r.fold)
+        )
+    write_manifest(str(tmp_path / "s3.csv"), rows)
+    cfg = load_config(
+        tiny_dataset / "config.yaml",
+        [
+            f"data.manifest={tmp_path / 's3.csv'}",
+            f"output.dir={tmp_path / 'run'}",
+            "schedule.epochs=1",
+            "output.heatmaps=0",
+            "data.storage_options=" + json.dumps(so),
+        ],
+    )
+    s = train(cfg, quiet=True)
+    assert s["epochs"] == 1 and s["val_accuracy"] is not None
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
