@@ -1,0 +1,1 @@
+"""Datasets: synthetic whole-slide images (:mod:`wsi_patchgd.datasets.synthetic`)."""
