@@ -85,6 +85,7 @@ _UNIT_FIELDS = (
     "hysteresis_ratio",
     "max_brightness",
     "dark_value",
+    "dark_max_saturation",
     "red_pen_min_saturation",
     "pen_min_fraction",
     "pen_halo_value",
@@ -126,6 +127,9 @@ class TissueParams:
         hysteresis_ratio: Pixels with stain hue and saturation at least this fraction of the
             threshold are tissue when connected to tissue; 1 disables the hysteresis.
         max_brightness: Pixels whose mean of R, G, B (in ``[0, 1]``) exceeds this are glass.
+        dark_max_saturation: Dark pixels count as ink only when less saturated than this
+            (black ink, folds) or red-hued (dark red ink); dark saturated purple pixels are
+            dense haematoxylin (epidermis, tumour nests, lymphocyte aggregates): tissue.
         dark_value: Pixels whose HSV value (max of R, G, B) is below this are dark ink,
             folds, dust or edges, never tissue.
         stain_hue_ranges: Hue ranges of H&E and IHC stains; saturated pixels outside them
@@ -161,10 +165,11 @@ class TissueParams:
     hysteresis_ratio: float = 0.5
     max_brightness: float = 0.92
     dark_value: float = 0.35
+    dark_max_saturation: float = 0.3
     stain_hue_ranges: tuple[tuple[float, float], ...] = ((240.0, 360.0), (0.0, 50.0))
     red_pen_hue_range: tuple[float, float] = (345.0, 20.0)
     red_pen_min_saturation: float = 0.5
-    pen_min_fraction: float = 0.005
+    pen_min_fraction: float = 0.002
     pen_halo_value: float = 0.6
     pen_halo_ratio: float = 0.1
     min_object_fraction: float = 0.001
@@ -446,7 +451,8 @@ def detect_tissue(rgb: np.ndarray, params: TissueParams | None = None) -> np.nda
     # Ink: non-stain hues, saturated red, anything very dark.
     stain = _in_hue(hue, p.stain_hue_ranges)
     red_hue = _in_hue(hue, (p.red_pen_hue_range,))
-    ink = coloured & (dark | ~stain | (red_hue & (sat >= p.red_pen_min_saturation)))
+    black = dark & ((sat < p.dark_max_saturation) | red_hue)
+    ink = coloured & (black | ~stain | (red_hue & (sat >= p.red_pen_min_saturation)))
 
     # Marks: ink objects larger than a speck (pen strokes, folds). The large ones are pen
     # marks, grown through the tinted rim they touch; all are widened by their blur.

@@ -31,6 +31,7 @@ from ..errors import StoreError, WsiPatchGDError
 from ..io import StorageOptions, filesystem, is_remote, local_path, zarr_store
 from ..readers import SlideReader, open_slide
 from ..tissue import TissueParams, detect_tissue, patch_tissue_fractions
+from .chunk_reader import ChunkReader, supports
 from .format import (
     ATTR_KEY,
     FILL_VALUE,
@@ -39,6 +40,7 @@ from .format import (
     compressors,
     ome_multiscales,
 )
+from .shard_writer import ShardWriter
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class ConvertOptions:
     codec: str = "blosc-lz4"
     reader: str = "auto"
     tissue: TissueParams = field(default_factory=TissueParams)
-    mask_max_size: int = 4096
+    mask_max_size: int = 2048
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -114,6 +116,7 @@ class _Job:
     store_url: str
     store_options: str  # JSON
     shard: int
+    token: str  # one per conversion: worker-side caches never outlive it
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,14 +124,48 @@ class _Job:
 
 
 @functools.lru_cache(maxsize=16)
-def _reader(source: str, reader: str, options_json: str) -> SlideReader:
+def _reader(source: str, reader: str, options_json: str, token: str = "") -> SlideReader:
     return open_slide(source, json.loads(options_json) or None, reader)
 
 
 @functools.lru_cache(maxsize=64)
-def _array(store_url: str, options_json: str, level: int) -> zarr.Array:
+def _array(store_url: str, options_json: str, level: int, token: str = "") -> zarr.Array:
     store = zarr_store(store_url, json.loads(options_json) or None)
     return zarr.open_array(store, path=str(level), mode="r+")
+
+
+@functools.lru_cache(maxsize=64)
+def _writer(store_url: str, options_json: str, level: int, token: str) -> ShardWriter | None:
+    meta = _array(store_url, options_json, level, token).metadata.to_dict()
+    if not supports(meta):
+        return None
+    url = store_url.rstrip("/") + f"/{level}"
+    return ShardWriter(url, meta, json.loads(options_json) or None)
+
+
+@functools.lru_cache(maxsize=64)
+def _reader_of(store_url: str, options_json: str, level: int, token: str) -> ChunkReader | None:
+    meta = _array(store_url, options_json, level, token).metadata.to_dict()
+    if not supports(meta):
+        return None
+    return ChunkReader(store_url.rstrip("/") + f"/{level}", meta, json.loads(options_json) or None)
+
+
+def _read_level(job: _Job, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """(3, h, w) of a written level: whole chunks through the chunk reader when aligned."""
+    cr = _reader_of(job.store_url, job.store_options, level, job.token)
+    p = cr.chunk[1] if cr is not None else 0
+    if cr is None or x % p or y % p:
+        arr = _array(job.store_url, job.store_options, level, job.token)
+        return np.asarray(arr[:, y : y + h, x : x + w])
+    ny, nx = -(-h // p), -(-w // p)
+    chunks = [(0, y // p + i, x // p + j) for i in range(ny) for j in range(nx)]
+    out = np.empty((3, ny * p, nx * p), np.uint8)
+    for (_, cy, cx), a in zip(chunks, (cr.read_chunk(c) for c in chunks), strict=True):
+        out[
+            :, (cy - y // p) * p : (cy - y // p + 1) * p, (cx - x // p) * p : (cx - x // p + 1) * p
+        ] = a
+    return out[:, :h, :w]
 
 
 def _marker_key(level: int, sy: int, sx: int) -> str:
@@ -142,12 +179,19 @@ def _write_shard(job: _Job, plan: _LevelPlan, sy: int, sx: int) -> float:
     h, w = min(s, plan.height - y), min(s, plan.width - x)
     kind, src = plan.origin.split(":")
     if kind == "source":
-        rgb = _reader(job.source, job.reader, job.source_options).read_region(int(src), x, y, w, h)
+        rgb = _reader(job.source, job.reader, job.source_options, job.token).read_region(
+            int(src), x, y, w, h
+        )
         chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
     else:
-        below = _array(job.store_url, job.store_options, int(src))
-        chw = downsample2x(np.asarray(below[:, 2 * y : 2 * (y + h), 2 * x : 2 * (x + w)]))
-    _array(job.store_url, job.store_options, plan.index)[:, y : y + h, x : x + w] = chw
+        below = _read_level(job, int(src), 2 * x, 2 * y, 2 * w, 2 * h)
+        chw = downsample2x(below)
+    writer = _writer(job.store_url, job.store_options, plan.index, job.token)
+    if writer is not None:
+        writer.write(chw, (0, sy, sx))
+    else:
+        arr = _array(job.store_url, job.store_options, plan.index, job.token)
+        arr[:, y : y + h, x : x + w] = chw
     fs, root = filesystem(job.store_url, json.loads(job.store_options) or None)
     marker = root + "/" + _marker_key(plan.index, sy, sx)
     if not is_remote(job.store_url):
@@ -319,8 +363,8 @@ def _finish_tissue(
             (pl.height + options.patch_size - 1) // options.patch_size,
             (pl.width + options.patch_size - 1) // options.patch_size,
         )
-        scale = pl.downsample / lvl.downsample
-        fractions = patch_tissue_fractions(mask, 1.0 / scale, options.patch_size, grid)
+        scale = pl.downsample / lvl.downsample  # mask pixels per pixel of this level
+        fractions = patch_tissue_fractions(mask, scale, options.patch_size, grid)
         fr.create_array(str(pl.index), data=fractions.astype(np.float32), overwrite=True)
     return {
         "params": options.tissue.to_dict(),
@@ -413,6 +457,7 @@ def convert_slide(
             store_url=target,
             store_options=json.dumps(dict(store_options or {}), sort_keys=True),
             shard=options.shard_size,
+            token=uuid.uuid4().hex,
         )
         per_level = []
         todo_mp = 0.0
