@@ -55,7 +55,10 @@ class ConvertOptions:
         codec: lossless codec name (see :data:`wsi_patchgd.store.format.CODECS`).
         reader: ``auto`` or a reader name.
         tissue: tissue-detection parameters (recorded in the store).
-        mask_max_size: the mask is computed on the finest level whose longer side is <= this.
+        mask_max_size: the mask is computed on the finest level whose longer side is <= this
+            (1024 keeps a conversion's peak memory well under 500 MB; the per-patch tables
+            are area-weighted, so a 256 px patch of a 64k slide still gets a fraction from
+            4 x 4 mask pixels).
         overwrite: rebuild complete stores.
     """
 
@@ -66,7 +69,7 @@ class ConvertOptions:
     codec: str = "blosc-lz4"
     reader: str = "auto"
     tissue: TissueParams = field(default_factory=TissueParams)
-    mask_max_size: int = 2048
+    mask_max_size: int = 1024
     overwrite: bool = False
 
     def __post_init__(self) -> None:
