@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,5 +91,25 @@ def plot_heatmap(
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_comparison(curves: Mapping[str, Sequence[dict[str, Any]]], out: str | Path) -> Path:
+    """Validation accuracy and training loss per epoch of several runs, one line each."""
+    out = Path(out)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, recs in curves.items():
+        ep = [r["epoch"] + 1 for r in recs]
+        axes[0].plot(ep, [r.get("val_accuracy") for r in recs], "-o", label=name, markersize=3)
+        axes[1].plot(ep, [r.get("train_loss") for r in recs], "-o", label=name, markersize=3)
+    axes[0].axhline(0.5, color="grey", ls="--", lw=1, label="chance")
+    for ax, t in zip(axes, ("validation accuracy", "training loss"), strict=True):
+        ax.set_title(t)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -39,9 +39,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import convert, info, train
+    from . import convert, demo, info, train
 
-    for mod in (convert, info):
+    for mod in (convert, info, demo):
         main.add_command(mod.command)
     for cmd in (train.train_command, train.evaluate_command, train.predict_command):
         main.add_command(cmd)

@@ -1069,6 +1069,7 @@ def write_synthetic_slide(
     quality: int = 90,
     mpp: float = 0.5,
     texture_tiles: Sequence[np.ndarray] | None = None,
+    texture_seed: int | None = None,
     progress: bool = False,
 ) -> SyntheticSlide:
     """Write a pyramidal JPEG-tiled TIFF that looks like an H&E slide with a hidden label.
@@ -1097,6 +1098,8 @@ def write_synthetic_slide(
             px, centre-cropped; see :func:`texture_tiles_from_slide`) to texture the tissue
             with, placed on the level-0 tile grid with random flips and 90-degree rotations;
             ``None`` for the procedural H&E-like texture.
+        texture_seed: Seed of the procedural texture when it should differ from ``seed``
+            (a dataset sharing one texture builds it once: ~3 s saved per slide).
         progress: Show a tqdm progress bar over tiles.
 
     Returns:
@@ -1123,7 +1126,8 @@ def write_synthetic_slide(
     positions = _place_markers(marker_rng, layout, height, width, sizes)
     texture: _Texture
     if tiles is None:
-        texture = _procedural_texture(seed, tile, feature_scale)
+        tseed = seed if texture_seed is None else int(texture_seed)
+        texture = _procedural_texture(tseed, tile, feature_scale)
     else:
         texture = _TileTexture(tiles, tile, seed)
     markers: list[_Marker] = []

@@ -316,7 +316,10 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
         raise ConfigError(f"{out}: holds a run already; use --resume or another output.dir")
     if resume and not last.exists():
         raise ConfigError(f"{out}: nothing to resume (no checkpoints/last.pt)")
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    def log(*a: Any) -> None:  # a line per step; quiet only turns the bars off
+        print(*a, file=sys.stderr, flush=True)
+
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,43 @@
+"""``wsi-patchgd demo``: the main job on a fresh machine (no data, no internet)."""
+
+from __future__ import annotations
+
+import click
+
+from . import one_line_errors
+
+
+@click.command("demo")
+@click.option("--out", default="out/demo", show_default=True)
+@click.option("--slides", "n_slides", default=24, show_default=True)
+@click.option("--side", default=2048, show_default=True, help="Slide side in pixels.")
+@click.option("--epochs", default=8, show_default=True)
+@click.option("--backbone", default="resnet18", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", type=int, default=None, help="Dask threads for the conversion.")
+@click.option("--quiet", "-q", is_flag=True)
+@one_line_errors
+def command(
+    out: str,
+    n_slides: int,
+    side: int,
+    epochs: int,
+    backbone: str,
+    seed: int,
+    workers: int | None,
+    quiet: bool,
+) -> None:
+    """Generate synthetic slides, convert them, train PatchGD and GD, write a report."""
+    from ..demo import run_demo
+
+    report = run_demo(
+        out,
+        n_slides=n_slides,
+        side=side,
+        epochs=epochs,
+        backbone=backbone,
+        seed=seed,
+        workers=workers,
+        quiet=quiet,
+    )
+    click.echo(f"report: {report}")
