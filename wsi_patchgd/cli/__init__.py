@@ -39,11 +39,17 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import convert, demo, info, train
+    from . import convert, datasets, demo, info, train
 
     for mod in (convert, info, demo):
         main.add_command(mod.command)
-    for cmd in (train.train_command, train.evaluate_command, train.predict_command):
+    for cmd in (
+        train.train_command,
+        train.evaluate_command,
+        train.predict_command,
+        datasets.make_ultramnist_command,
+        datasets.prepare_panda_command,
+    ):
         main.add_command(cmd)
 
 

@@ -63,7 +63,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             n_workers=1,
             threads_per_worker=threads,
             processes=False,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: never clashes with another cluster
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,

@@ -1,0 +1,129 @@
+"""``wsi-patchgd make-ultramnist`` and ``wsi-patchgd prepare-panda``: datasets -> stores."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import one_line_errors
+
+
+@click.command("make-ultramnist")
+@click.option("--out", "out", required=True, help="Output folder (stores/, manifest.csv).")
+@click.option("--n-train", type=click.IntRange(min=0), required=True, help="Training canvases.")
+@click.option("--n-val", type=click.IntRange(min=0), required=True, help="Validation canvases.")
+@click.option("--side", type=int, default=512, show_default=True, help="Canvas side, pixels.")
+@click.option(
+    "--classes",
+    type=click.Choice(["28", "10"]),
+    default="28",
+    show_default=True,
+    help="28: label = digit sum; 10: label = digit sum mod 10.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of pools, labels and layouts."
+)
+@click.option(
+    "--mnist-dir",
+    default=None,
+    help="Folder of the MNIST IDX files (default: $WSI_PATCHGD_MNIST or ../shared/data/mnist).",
+)
+@click.option("--patch-size", type=int, default=32, show_default=True, help="Chunk = patch side.")
+@click.option("--workers", type=int, default=None, help="Processes (default: cores, max 8).")
+@click.option("--overwrite", is_flag=True, help="Replace a dataset already in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="A line every 10 % instead of a bar.")
+@one_line_errors
+def make_ultramnist_command(
+    out: str,
+    n_train: int,
+    n_val: int,
+    side: int,
+    classes: str,
+    seed: int,
+    mnist_dir: str | None,
+    patch_size: int,
+    workers: int | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Generate UltraMNIST canvases (3-5 MNIST digits, label = their sum) into stores."""
+    from ..datasets.ultramnist import make_ultramnist
+
+    manifest = make_ultramnist(
+        out,
+        n_train,
+        n_val,
+        side=side,
+        classes=int(classes),
+        seed=seed,
+        mnist_dir=mnist_dir,
+        patch_size=patch_size,
+        workers=workers,
+        quiet=quiet,
+        overwrite=overwrite,
+    )
+    click.echo(f"{n_train + n_val} canvases ({n_train} train, {n_val} val); manifest: {manifest}")
+
+
+@click.command("prepare-panda")
+@click.argument("root")
+@click.option("--out", "out", required=True, help="Output folder (stores/, manifest.csv).")
+@click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds.")
+@click.option("--patch-size", type=int, default=128, show_default=True, help="Chunk = patch side.")
+@click.option(
+    "--level", type=int, default=None, help="Level training will read (kept stores have it)."
+)
+@click.option("--workers", type=int, default=None, help="Threads of the local Dask cluster.")
+@click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
+@click.option("--overwrite", is_flag=True, help="Rebuild stores that are already complete.")
+@click.option("--quiet", "-q", is_flag=True, help="A line per image instead of a bar.")
+@one_line_errors
+def prepare_panda_command(
+    root: str,
+    out: str,
+    folds: int,
+    seed: int,
+    patch_size: int,
+    level: int | None,
+    workers: int | None,
+    scheduler: str | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Manifest with stratified folds for the PANDA folder ROOT, and its images as stores.
+
+    ROOT holds train.csv and train_images/ (the Kaggle layout). Rows whose image is missing are
+    skipped; images that fail to convert are left out of the manifest. Exit code 1 when any
+    image was left out.
+    """
+    import warnings
+
+    from ..datasets.panda import prepare_panda
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the skipped rows are listed below
+        res = prepare_panda(
+            root,
+            out,
+            folds=folds,
+            seed=seed,
+            patch_size=patch_size,
+            level=level,
+            workers=workers,
+            scheduler=scheduler,
+            quiet=quiet,
+            overwrite=overwrite,
+        )
+    for msg in res.skipped:
+        click.echo(f"skipped (no image): {msg}", err=True)
+    for msg in res.dropped:
+        click.echo(f"left out: {msg}", err=True)
+    counts = [sum(r.fold == f for r in res.rows) for f in range(folds)]
+    click.echo(
+        f"{len(res.rows)} images in {folds} folds ({', '.join(map(str, counts))}); "
+        f"{len(res.skipped)} missing, {len(res.dropped)} left out; manifest: {res.manifest}"
+    )
+    if res.dropped:
+        sys.exit(1)
