@@ -119,7 +119,8 @@ _POSITIVE = {
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"config key '{prefix or '<root>'}' must be a mapping, got {data!r}")
+        where = prefix.rstrip(".") or "<root>"
+        raise ConfigError(f"config key '{where}' must be a mapping, got {data!r}")
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}

@@ -1,0 +1,48 @@
+"""Config schema: the shipped pipelines validate; errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from wsi_patchgd.errors import ConfigError
+from wsi_patchgd.training.config import load_config, parse_bytes
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_pipelines_validate(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.data.manifest.endswith("manifest.csv")
+    assert Path(cfg.output.dir).is_absolute() or cfg.output.dir.startswith(str(path.parent))
+
+
+def test_overrides_and_errors(tmp_path: Path) -> None:
+    c = tmp_path / "c.yaml"
+    c.write_text("data: {manifest: m.csv}\nmodel: {num_classes: 6}\n")
+    cfg = load_config(c, ["optim.lr=3e-4", "patchgd.method=gd", "data.val_folds=[2, 3]"])
+    assert cfg.optim.lr == 3e-4 and cfg.patchgd.method == "gd" and cfg.data.val_folds == [2, 3]
+    assert cfg.data.manifest == str(tmp_path / "m.csv")
+    for ov, msg in [
+        ("model.backbon=x", "did you mean 'model.backbone'"),
+        ("optim.lr=fast", "'optim.lr' must be a number"),
+        ("schedule.epochs=0", "'schedule.epochs' = 0 must be >= 1"),
+        ("precision=fp8", "'precision' = 'fp8' is invalid"),
+        ("data.train_folds=[2]", "overlap"),
+        ("patchgd.memory_budget=lots", "size like 4GB"),
+        ("nonsense", "key=value"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            load_config(c, ["data.val_folds=[2]", ov] if "train_folds" in ov else [ov])
+    c.write_text("data: [1, 2]\n")
+    with pytest.raises(ConfigError, match="'data' must be a mapping"):
+        load_config(c)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_parse_bytes() -> None:
+    assert parse_bytes("4GB") == 4_000_000_000
+    assert parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("1e9") == 1_000_000_000
