@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 DATA    ?= ../shared/data
 OUT     ?= out
 
-.PHONY: install test lint typecheck unit demo bench bench-convert bench-read clean
+.PHONY: install test lint typecheck unit demo convert-shared bench bench-convert bench-read bench-train clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,12 @@ test: install
 	$(BIN)/mypy wsi_patchgd
 	$(PY) -m pytest -q -ra
 
-# The main job.
+# The main job: synthetic slides -> Dask conversion -> PatchGD and GD -> report (prints its path).
 demo: install
+	$(BIN)/wsi-patchgd demo --out $(OUT)/demo
+
+# Convert the real test slides (broken.svs fails on purpose) and describe the stores.
+convert-shared: install
 	$(BIN)/wsi-patchgd convert "$(DATA)/slides/*" --out $(OUT)/stores --report $(OUT)/convert-report.json; \
 	  echo "exit code $$? (1 = some slides failed, as broken.svs must)"; \
 	  for s in $(OUT)/stores/*.zarr; do $(BIN)/wsi-patchgd info $$s; done
@@ -48,7 +52,10 @@ bench-convert: install
 bench-read: install
 	$(PY) benchmarks/bench_read.py
 
-bench: bench-convert bench-read
+bench-train: install
+	$(PY) benchmarks/bench_train.py
+
+bench: bench-convert bench-read bench-train
 
 clean:
 	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache

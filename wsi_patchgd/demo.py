@@ -31,7 +31,7 @@ def _log(quiet: bool, msg: str) -> None:
 def run_demo(
     out: str | Path = "out/demo",
     *,
-    n_slides: int = 24,
+    n_slides: int = 36,
     side: int = 2048,
     epochs: int = 8,
     backbone: str = "resnet18",

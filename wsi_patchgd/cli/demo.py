@@ -9,7 +9,7 @@ from . import one_line_errors
 
 @click.command("demo")
 @click.option("--out", default="out/demo", show_default=True)
-@click.option("--slides", "n_slides", default=24, show_default=True)
+@click.option("--slides", "n_slides", default=36, show_default=True)
 @click.option("--side", default=2048, show_default=True, help="Slide side in pixels.")
 @click.option("--epochs", default=8, show_default=True)
 @click.option("--backbone", default="resnet18", show_default=True)

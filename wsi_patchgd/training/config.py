@@ -280,12 +280,11 @@ def load_config(
                 raise ConfigError(f"override {ov!r}: '{k}' is not a section")
         node[keys[-1]] = value
     cfg: RunConfig = _build(RunConfig, raw, "")
-    for attr in ("manifest",):
-        v = getattr(cfg.data, attr)
-        if v and "://" not in v and not Path(v).is_absolute():
-            setattr(cfg.data, attr, str(root / v))
-    if "://" not in cfg.output.dir and not Path(cfg.output.dir).is_absolute() and path:
-        cfg.output.dir = str(root / cfg.output.dir)
+    # relative to the config file, then absolute: the saved config.yaml works from anywhere
+    if cfg.data.manifest and "://" not in cfg.data.manifest:
+        cfg.data.manifest = str((root / cfg.data.manifest).resolve())
+    if "://" not in cfg.output.dir:
+        cfg.output.dir = str((root / cfg.output.dir).resolve())
     _validate(cfg)
     return cfg
 
