@@ -58,7 +58,54 @@ def supports(meta: dict[str, Any]) -> bool:
     )
 
 
-class ChunkReader:
+class ShardedArray:
+    """Layout, codec and location of one sharded uint8 array (shared by reader and writer).
+
+    Args:
+        array_url: URL of the array (``<store>/<level>``).
+        meta: the array's zarr.json as a dict (must satisfy :func:`supports`).
+        storage_options: fsspec options for remote URLs.
+    """
+
+    def __init__(
+        self, array_url: str, meta: dict[str, Any], storage_options: StorageOptions | None = None
+    ) -> None:
+        import numcodecs
+
+        if not supports(meta):
+            raise ValueError(f"{array_url}: layout not handled by the shard reader/writer")
+        cfg = meta["codecs"][0]["configuration"]
+        self.shape = tuple(int(s) for s in meta["shape"])
+        self.shard = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
+        self.chunk = tuple(int(s) for s in cfg["chunk_shape"])
+        self.fill = int(meta.get("fill_value", 0))
+        self.per_shard = tuple(s // c for s, c in zip(self.shard, self.chunk, strict=True))
+        self._codec: Any = None
+        inner = cfg["codecs"][1:]
+        if inner:
+            conf = dict(inner[0].get("configuration", {}))
+            if inner[0]["name"] == "blosc":
+                shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[
+                    conf.get("shuffle", "noshuffle")
+                ]
+                self._codec = numcodecs.Blosc(
+                    cname=conf.get("cname", "lz4"),
+                    clevel=int(conf.get("clevel", 5)),
+                    shuffle=shuffle,
+                    blocksize=int(conf.get("blocksize", 0)),
+                )
+            else:
+                self._codec = numcodecs.Zstd(level=int(conf.get("level", 0)))
+        self.remote = is_remote(array_url)
+        self._fs, self._root = filesystem(array_url, storage_options)
+        if not self.remote:
+            self._root = str(local_path(array_url))
+
+    def _shard_path(self, shard: tuple[int, ...]) -> str:
+        return self._root + "/c/" + "/".join(str(i) for i in shard)
+
+
+class ChunkReader(ShardedArray):
     """Reads whole inner chunks of one sharded uint8 array, thread-parallel.
 
     Args:
@@ -75,36 +122,13 @@ class ChunkReader:
         storage_options: StorageOptions | None = None,
         cache_shards: int = 4096,
     ) -> None:
-        import numcodecs
-
-        cfg = meta["codecs"][0]["configuration"]
-        self.shape = tuple(int(s) for s in meta["shape"])
-        self.shard = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
-        self.chunk = tuple(int(s) for s in cfg["chunk_shape"])
-        self.fill = int(meta.get("fill_value", 0))
-        self.per_shard = tuple(s // c for s, c in zip(self.shard, self.chunk, strict=True))
+        ShardedArray.__init__(self, array_url, meta, storage_options)
         self.n_chunks = int(np.prod(self.per_shard))
-        inner = cfg["codecs"][1:]
-        self._codec: Any = None
-        if inner:
-            c = inner[0]
-            conf = dict(c.get("configuration", {}))
-            if c["name"] == "blosc":
-                self._codec = numcodecs.Blosc()
-            else:
-                self._codec = numcodecs.Zstd(level=int(conf.get("level", 0)))
-        self.remote = is_remote(array_url)
-        self._fs, self._root = filesystem(array_url, storage_options)
-        if not self.remote:
-            self._root = str(local_path(array_url))
         self._index: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
         self._cache_shards = cache_shards
         self._lock = threading.Lock()
 
     # -- shard index ---------------------------------------------------------------------------
-    def _shard_path(self, shard: tuple[int, ...]) -> str:
-        return self._root + "/c/" + "/".join(str(i) for i in shard)
-
     def _read_index(self, shard: tuple[int, ...]) -> np.ndarray | None:
         with self._lock:
             if shard in self._index:

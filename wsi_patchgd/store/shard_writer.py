@@ -13,57 +13,20 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
 
 import numpy as np
 
-from ..io import StorageOptions, filesystem, is_remote, local_path
-from .chunk_reader import supports
+from .chunk_reader import ShardedArray
 
 _EMPTY = 2**64 - 1
 
 
-class ShardWriter:
+class ShardWriter(ShardedArray):
     """Encodes and writes whole shards of one array (metadata must satisfy ``supports``)."""
-
-    def __init__(
-        self, array_url: str, meta: dict[str, Any], storage_options: StorageOptions | None = None
-    ) -> None:
-        import numcodecs
-
-        if not supports(meta):
-            raise ValueError(f"{array_url}: layout not handled by ShardWriter")
-        cfg = meta["codecs"][0]["configuration"]
-        self.shape = tuple(int(s) for s in meta["shape"])
-        self.shard = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
-        self.chunk = tuple(int(s) for s in cfg["chunk_shape"])
-        self.fill = int(meta.get("fill_value", 0))
-        self.per_shard = tuple(s // c for s, c in zip(self.shard, self.chunk, strict=True))
-        inner = cfg["codecs"][1:]
-        self._codec: Any = None
-        if inner:
-            conf = dict(inner[0].get("configuration", {}))
-            if inner[0]["name"] == "blosc":
-                shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[
-                    conf.get("shuffle", "noshuffle")
-                ]
-                self._codec = numcodecs.Blosc(
-                    cname=conf.get("cname", "lz4"),
-                    clevel=int(conf.get("clevel", 5)),
-                    shuffle=shuffle,
-                    blocksize=int(conf.get("blocksize", 0)),
-                )
-            else:
-                self._codec = numcodecs.Zstd(level=int(conf.get("level", 0)))
-        self.remote = is_remote(array_url)
-        self._fs, self._root = filesystem(array_url, storage_options)
-        if not self.remote:
-            self._root = str(local_path(array_url))
 
     def encode(self, block: np.ndarray, shard_index: tuple[int, ...]) -> bytes | None:
         """The shard object for ``block``, the array's data in that shard (clipped at the
         array's edge). None when every chunk is fill value (nothing to store)."""
-        origin = [i * s for i, s in zip(shard_index, self.shard, strict=True)]
         parts: list[bytes] = []
         index = np.full(self.per_shard + (2,), _EMPTY, dtype="<u8")
         offset = 0
@@ -87,7 +50,6 @@ class ShardWriter:
             index[inner] = (offset, len(raw))
             parts.append(raw)
             offset += len(raw)
-        del origin
         if not parts:
             return None
         idx = index.tobytes()
@@ -99,7 +61,7 @@ class ShardWriter:
     def write(self, block: np.ndarray, shard_index: tuple[int, ...]) -> None:
         """Encode and store one shard (removing the object when it is all fill value)."""
         data = self.encode(block, shard_index)
-        path = self._root + "/c/" + "/".join(str(i) for i in shard_index)
+        path = self._shard_path(shard_index)
         if self.remote:
             if data is None:
                 if self._fs.exists(path):
