@@ -19,9 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .data.manifest import ManifestRow, write_manifest
-from .datasets.synthetic import write_synthetic_slide
-from .store import ConvertOptions, convert_many
+from .datasets.synthetic import make_synthetic_dataset
 
 
 def _log(quiet: bool, msg: str) -> None:
@@ -45,37 +43,17 @@ def run_demo(
 
     out = Path(out)
     t0 = time.perf_counter()
-    slides_dir, stores_dir = out / "slides", out / "stores"
-    slides_dir.mkdir(parents=True, exist_ok=True)
-    _log(
-        quiet, f"[1/5] generating {n_slides} synthetic slides ({side} x {side} px) in {slides_dir}"
+    _log(quiet, f"[1/5] generating {n_slides} synthetic slides ({side} x {side} px) in {out}")
+    make_synthetic_dataset(
+        out, n_slides, side, seed=seed, convert=False, log=lambda m: _log(quiet, m)
     )
-    rows: list[ManifestRow] = []
-    paths = []
-    for i in range(n_slides):
-        label = i % 2
-        p = slides_dir / f"slide{i:03d}.tif"
-        if not p.exists():
-            write_synthetic_slide(p, side, seed=seed * 1000 + i, label=label, texture_seed=seed)
-        paths.append(str(p))
-        fold = 1 if i % 3 == 2 else 0  # one third held out for validation, both classes
-        rows.append(ManifestRow(p.stem, f"stores/{p.stem}.zarr", label, fold))
-    _log(quiet, f"[2/5] converting into stores with Dask: {stores_dir}")
-    results = convert_many(
-        paths,
-        str(stores_dir),
-        ConvertOptions(patch_size=64),
-        workers=workers,
-        quiet=True,
-        report=str(out / "convert-report.json"),
+    _log(quiet, f"[2/5] converting them into stores with Dask: {out / 'stores'}")
+    manifest = make_synthetic_dataset(
+        out, n_slides, side, seed=seed, patch_size=64, workers=workers
     )
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        raise RuntimeError(f"demo conversion failed: {failed[0].reason}")
-    write_manifest(str(out / "manifest.csv"), rows)
     base: dict[str, Any] = {
         "data": {
-            "manifest": str(out / "manifest.csv"),
+            "manifest": str(manifest),
             "level": 2,
             "train_folds": [0],
             "val_folds": [1],

@@ -317,3 +317,40 @@ def test_memory_stays_bounded_for_a_16k_slide(tmp_path: Path) -> None:
     assert result["rss_mb"] < 400
     with openslide.OpenSlide(tmp_path / "big.tif") as osr:
         assert osr.level_count == 5
+
+
+def test_make_synthetic_cli_writes_slides_stores_and_manifest(tmp_path: Path) -> None:
+    """`wsi-patchgd make-synthetic` through the real CLI: slides, labels, stores, manifest."""
+    import subprocess
+    import sys
+
+    from wsi_patchgd.data.manifest import read_manifest
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_patchgd",
+            "make-synthetic",
+            "--out",
+            str(tmp_path),
+            "--n",
+            "3",
+            "--side",
+            "1024",
+            "--classes",
+            "3",
+            "--patch-size",
+            "128",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = read_manifest(str(tmp_path / "manifest.csv"), num_classes=3)
+    assert [(x.label, x.fold) for x in rows] == [(0, 0), (1, 0), (2, 1)]
+    labels = (tmp_path / "labels.csv").read_text().splitlines()
+    assert labels[0] == "file,label,fold,markers" and len(labels) == 4
+    with openslide.OpenSlide(str(tmp_path / "slides" / "slide002.tif")) as s:
+        assert s.dimensions == (1024, 1024)

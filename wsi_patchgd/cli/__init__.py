@@ -49,6 +49,7 @@ def _register() -> None:
         train.predict_command,
         datasets.make_ultramnist_command,
         datasets.prepare_panda_command,
+        datasets.make_synthetic_command,
     ):
         main.add_command(cmd)
 

@@ -127,3 +127,49 @@ def prepare_panda_command(
     )
     if res.dropped:
         sys.exit(1)
+
+
+@click.command("make-synthetic")
+@click.option("--out", "out", required=True, help="Output folder (slides/, labels.csv, ...).")
+@click.option("--n", "n_slides", type=click.IntRange(min=1), required=True, help="Slides.")
+@click.option("--side", type=int, default=8192, show_default=True, help="Slide side (<= 100k).")
+@click.option("--classes", type=int, default=2, show_default=True)
+@click.option("--markers", type=int, default=3, show_default=True, help="Marker regions.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--convert/--no-convert",
+    default=True,
+    show_default=True,
+    help="Also convert into stores and write manifest.csv.",
+)
+@click.option("--patch-size", type=int, default=256, show_default=True)
+@click.option("--workers", type=int, default=None, help="Dask threads for the conversion.")
+@one_line_errors
+def make_synthetic_command(
+    out: str,
+    n_slides: int,
+    side: int,
+    classes: int,
+    markers: int,
+    seed: int,
+    convert: bool,
+    patch_size: int,
+    workers: int | None,
+) -> None:
+    """Pyramidal JPEG-tiled TIFF slides with H&E-like texture; the class shows only in a few
+    small marker regions. Slide i has label i % CLASSES; every third slide is validation."""
+    from ..datasets.synthetic import make_synthetic_dataset
+
+    path = make_synthetic_dataset(
+        out,
+        n_slides,
+        side,
+        n_classes=classes,
+        n_markers=markers,
+        seed=seed,
+        convert=convert,
+        patch_size=patch_size,
+        workers=workers,
+        log=lambda m: click.echo(m, err=True),
+    )
+    click.echo(f"wrote {path}")
