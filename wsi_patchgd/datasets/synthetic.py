@@ -1360,6 +1360,10 @@ def make_synthetic_dataset(
     slides.mkdir(parents=True, exist_ok=True)
     rows: list[ManifestRow] = []
     paths: list[str] = []
+    known: dict[str, str] = {}  # marker boxes of slides written by an earlier run
+    if (root / "labels.csv").exists():
+        with open(root / "labels.csv", newline="") as fh:
+            known = {r["file"]: r["markers"] for r in csv.DictReader(fh)}
     with open(root / "labels.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["file", "label", "fold", "markers"])
@@ -1380,7 +1384,8 @@ def make_synthetic_dataset(
                 )
                 if log:
                     log(f"  slide {i + 1}/{n_slides}: {p.name} (label {label})")
-            w.writerow([p.name, label, fold, _json.dumps(res.markers if res else None)])
+            markers = _json.dumps(res.markers) if res else known.get(p.name, "null")
+            w.writerow([p.name, label, fold, markers])
             paths.append(str(p))
             rows.append(ManifestRow(p.stem, f"stores/{p.stem}.zarr", label, fold))
     if not convert:
