@@ -237,7 +237,7 @@ def test_markers_that_cannot_fit_raise_config_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def cmu_tiles() -> list[np.ndarray]:
     if not CMU.is_file():
-        pytest.skip(f"test data missing: {CMU} (set WSI_PATCHGD_TEST_DATA)")
+        pytest.fail(f"test data missing: {CMU} (set WSI_PATCHGD_TEST_DATA)")
     return texture_tiles_from_slide(CMU, 8, tile=256, seed=0)
 
 
