@@ -43,8 +43,8 @@ class ShardWriter(ShardedArray):
                 padded = np.full(self.chunk, self.fill, np.uint8)
                 padded[tuple(slice(0, n) for n in part.shape)] = part
                 part = padded
-            elif (part == self.fill).all():
-                continue
+            elif part.flat[0] == self.fill and (part == self.fill).all():
+                continue  # all fill value: not stored
             data = np.ascontiguousarray(part)
             raw = bytes(self._codec.encode(data)) if self._codec is not None else data.tobytes()
             index[inner] = (offset, len(raw))
@@ -56,7 +56,8 @@ class ShardWriter(ShardedArray):
         import google_crc32c
 
         crc = int(google_crc32c.value(idx)).to_bytes(4, "little")
-        return b"".join(parts) + idx + crc
+        parts += [idx, crc]
+        return b"".join(parts)
 
     def write(self, block: np.ndarray, shard_index: tuple[int, ...]) -> None:
         """Encode and store one shard (removing the object when it is all fill value)."""
