@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -12,15 +10,6 @@ from torch import Tensor
 
 from wsi_patchgd.engine import GDModel, TensorPatchSource, gd_predict, gd_train_batch, load_image
 from wsi_patchgd.errors import ConfigError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and lose a lot when other suites share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _brightness_data(n: int, seed: int) -> tuple[TensorPatchSource, Tensor]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy as copy_module
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,6 @@ from wsi_patchgd.engine import (
 from wsi_patchgd.errors import ConfigError
 from wsi_patchgd.models import PooledHead
 from wsi_patchgd.sampling import PermutationSampler
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and lose a lot when other suites share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TinyNet(nn.Module):
