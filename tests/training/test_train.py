@@ -161,6 +161,36 @@ def test_memory_budget_picks_k(tiny_dataset: Path) -> None:
         build(load_config(tiny_dataset / "config.yaml", ["patchgd.memory_budget=1MB"]))
 
 
+def test_memory_budget_downscales_gd(tiny_dataset: Path) -> None:
+    """GD under a budget gets the largest side whose step fits; PatchGD's k=1 need is met by a
+    budget far below GD at full resolution."""
+    from wsi_patchgd.engine.gd import GDModel
+    from wsi_patchgd.training.memory import gd_step_bytes, plan_gd_image_size
+    from wsi_patchgd.training.trainer import build
+
+    model = GDModel("mobilenet_v2", 2, 64, 32, None, 32, 2, 0.0)
+    need = [gd_step_bytes(model, s, 4) for s in (32, 64, 128, 256)]
+    assert need == sorted(need) and need[3] - need[2] > 3 * (need[2] - need[1]) * 0.9
+    assert plan_gd_image_size(model, 4, need[2], 512) == 128
+    assert plan_gd_image_size(model, 4, need[2] - 1, 512) == 96
+    assert plan_gd_image_size(model, 4, 10**12, 200) == 200  # never above the image
+    with pytest.raises(MemoryBudgetError, match="too small for standard GD"):
+        plan_gd_image_size(model, 4, need[0] - 1, 512)
+
+    cfg = load_config(tiny_dataset / "config.yaml", ["patchgd.method=gd"])
+    probe = GDModel("mobilenet_v3_small", 2, 64, 32, None, 32, 2, 0.0)  # the config's model
+    budget = gd_step_bytes(probe, 64, cfg.schedule.batch_size)
+    cfg = load_config(
+        tiny_dataset / "config.yaml",
+        ["patchgd.method=gd", "patchgd.gd_image_size=128", f"patchgd.memory_budget={budget}B"],
+    )
+    logs: list[str] = []
+    s = build(cfg, log=logs.append)
+    side = s.cfg.patchgd.gd_image_size
+    assert side == 64 and cfg.patchgd.gd_image_size == 128  # the caller's config untouched
+    assert any(f"GD image size {side}px" in x for x in logs)
+
+
 def test_one_epoch_from_s3_stores(
     tiny_dataset: Path, s3_bucket: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:

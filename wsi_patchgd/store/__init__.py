@@ -3,12 +3,14 @@
 from .batch import convert_many, dask_client, expand_sources, write_report
 from .convert import ConvertOptions, SlideResult, convert_slide, downsample2x, store_name
 from .format import ATTR_KEY, CODECS, FORMAT_VERSION
+from .jpeg import JpegTileCodec  # importing it registers the codec with zarr
 from .slide_store import SlideStore
 
 __all__ = [
     "ATTR_KEY",
     "CODECS",
     "FORMAT_VERSION",
+    "JpegTileCodec",
     "ConvertOptions",
     "SlideResult",
     "SlideStore",

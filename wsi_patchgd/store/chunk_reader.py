@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..io import StorageOptions, filesystem, is_remote, local_path
+from .jpeg import CODEC_NAME as JPEG_CODEC
+from .jpeg import JpegTileCodec
 
 _EMPTY = np.uint64(2**64 - 1)
 _POOL: ThreadPoolExecutor | None = None
@@ -50,8 +52,10 @@ def supports(meta: dict[str, Any]) -> bool:
     return (
         cfg.get("index_location", "end") == "end"
         and index == ["bytes", "crc32c"]
-        and inner[0] == "bytes"
-        and all(n in ("blosc", "zstd") for n in inner[1:])
+        and (
+            (inner[0] == "bytes" and all(n in ("blosc", "zstd") for n in inner[1:]))
+            or inner == [JPEG_CODEC]
+        )
         and len(inner) <= 2
         and meta.get("data_type") == "uint8"
         and meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/") == "/"
@@ -81,8 +85,11 @@ class ShardedArray:
         self.fill = int(meta.get("fill_value", 0))
         self.per_shard = tuple(s // c for s, c in zip(self.shard, self.chunk, strict=True))
         self._codec: Any = None
+        self.jpeg: JpegTileCodec | None = None
         inner = cfg["codecs"][1:]
-        if inner:
+        if cfg["codecs"][0]["name"] == JPEG_CODEC:
+            self.jpeg = JpegTileCodec.from_dict(cfg["codecs"][0])
+        elif inner:
             conf = dict(inner[0].get("configuration", {}))
             if inner[0]["name"] == "blosc":
                 shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[
@@ -103,6 +110,14 @@ class ShardedArray:
 
     def _shard_path(self, shard: tuple[int, ...]) -> str:
         return self._root + "/c/" + "/".join(str(i) for i in shard)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """One stored chunk's bytes -> array of shape ``self.chunk``."""
+        if self.jpeg is not None:
+            return self.jpeg.decode_chunk(data, self.chunk)
+        if self._codec is not None:
+            data = self._codec.decode(data)
+        return np.frombuffer(data, np.uint8).reshape(self.chunk)
 
 
 class ChunkReader(ShardedArray):
@@ -177,9 +192,13 @@ class ChunkReader(ShardedArray):
                 data = os.pread(fd, length, offset)
             finally:
                 os.close(fd)
-        if self._codec is not None:
-            data = self._codec.decode(data)
-        return np.frombuffer(data, np.uint8).reshape(self.chunk)
+        out = self.decode(data)
+        if self.jpeg is not None:  # a source tile runs past the image edge: fill value there
+            ext = [min(c, n - i * c) for i, c, n in zip(chunk, self.chunk, self.shape, strict=True)]
+            if ext != list(self.chunk):
+                out[:, ext[1] :, :] = self.fill
+                out[:, :, ext[2] :] = self.fill
+        return out
 
     def read_chunks(self, chunks: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
         """Many chunks, read and decoded in parallel threads, in the order given."""

@@ -21,7 +21,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ from .format import (
     compressors,
     ome_multiscales,
 )
+from .jpeg import JpegLevel, JpegTiles, jpeg_levels
 from .shard_writer import ShardWriter
 
 
@@ -107,6 +108,7 @@ class _LevelPlan:
     width: int
     downsample: float
     origin: str  # "source:<j>" or "downsample:<i-1>"
+    jpeg: JpegLevel | None = None  # source JPEG tiles stored unchanged (codec "jpeg")
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,11 @@ def _reader_of(store_url: str, options_json: str, level: int, token: str) -> Chu
     return ChunkReader(store_url.rstrip("/") + f"/{level}", meta, json.loads(options_json) or None)
 
 
+@functools.lru_cache(maxsize=16)
+def _jpeg_tiles(source: str, options_json: str, token: str) -> JpegTiles:
+    return JpegTiles(source, json.loads(options_json) or None)
+
+
 def _read_level(job: _Job, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
     """(3, h, w) of a written level: whole chunks through the chunk reader when aligned."""
     cr = _reader_of(job.store_url, job.store_options, level, job.token)
@@ -181,6 +188,17 @@ def _write_shard(job: _Job, plan: _LevelPlan, sy: int, sx: int) -> float:
     y, x = sy * s, sx * s
     h, w = min(s, plan.height - y), min(s, plan.width - x)
     kind, src = plan.origin.split(":")
+    writer = _writer(job.store_url, job.store_options, plan.index, job.token)
+    if plan.jpeg is not None and writer is not None:
+        n = writer.per_shard[1]
+        tiles = _jpeg_tiles(job.source, job.source_options, job.token).tiles(
+            plan.jpeg.page, range(sy * n, sy * n + n), range(sx * n, sx * n + n)
+        )
+        writer.write_encoded(
+            {(0, r - sy * n, c - sx * n): b for (r, c), b in tiles.items()}, (0, sy, sx)
+        )
+        _mark_done(job, plan, sy, sx)
+        return h * w / 1e6
     if kind == "source":
         rgb = _reader(job.source, job.reader, job.source_options, job.token).read_region(
             int(src), x, y, w, h
@@ -189,18 +207,21 @@ def _write_shard(job: _Job, plan: _LevelPlan, sy: int, sx: int) -> float:
     else:
         below = _read_level(job, int(src), 2 * x, 2 * y, 2 * w, 2 * h)
         chw = downsample2x(below)
-    writer = _writer(job.store_url, job.store_options, plan.index, job.token)
     if writer is not None:
         writer.write(chw, (0, sy, sx))
     else:
         arr = _array(job.store_url, job.store_options, plan.index, job.token)
         arr[:, y : y + h, x : x + w] = chw
+    _mark_done(job, plan, sy, sx)
+    return h * w / 1e6
+
+
+def _mark_done(job: _Job, plan: _LevelPlan, sy: int, sx: int) -> None:
     fs, root = filesystem(job.store_url, json.loads(job.store_options) or None)
     marker = root + "/" + _marker_key(plan.index, sy, sx)
     if not is_remote(job.store_url):
         fs.makedirs(marker.rsplit("/", 1)[0], exist_ok=True)
     fs.pipe_file(marker, b"")
-    return h * w / 1e6
 
 
 def downsample2x(chw: np.ndarray) -> np.ndarray:
@@ -245,6 +266,18 @@ def plan_levels(reader: SlideReader, options: ConvertOptions) -> list[_LevelPlan
     return plans
 
 
+def with_passthrough(plans: list[_LevelPlan], pages: list[JpegLevel]) -> list[_LevelPlan]:
+    """Mark the source levels whose JPEG tiles line up with the chunk grid (same size, tile =
+    patch) to be copied unchanged."""
+    by_size = {(jl.height, jl.width): jl for jl in pages}
+    return [
+        replace(pl, jpeg=by_size.get((pl.height, pl.width)))
+        if pl.origin.startswith("source:")
+        else pl
+        for pl in plans
+    ]
+
+
 def source_identity(source: str, storage_options: StorageOptions | None) -> dict[str, Any]:
     """Name, size and modification time of the source file (what 'same source' means)."""
     fs, path = filesystem(source, storage_options)
@@ -284,15 +317,20 @@ def _create_store(
     group = zarr.open_group(store, mode="w")
     p, s = options.patch_size, options.shard_size
     for pl in plans:
+        codec: dict[str, Any] = (
+            {"serializer": pl.jpeg.codec(), "compressors": None}
+            if pl.jpeg is not None
+            else {"compressors": compressors(options.codec)}
+        )
         group.create_array(
             str(pl.index),
             shape=(3, pl.height, pl.width),
             dtype="uint8",
             chunks=(3, p, p),
             shards=(3, s, s),
-            compressors=compressors(options.codec),
             fill_value=FILL_VALUE,
             dimension_names=["c", "y", "x"],
+            **codec,
         )
     group.attrs.update(
         {
@@ -325,6 +363,9 @@ def _meta(
                 "shape": [3, pl.height, pl.width],
                 "downsample": pl.downsample,
                 "origin": pl.origin,
+                "codec": "jpeg (source tiles, unchanged)"
+                if pl.jpeg is not None
+                else ("blosc-lz4" if options.codec == "jpeg" else options.codec),
             }
             for pl in plans
         ],
@@ -452,6 +493,8 @@ def convert_slide(
     with open_slide(source, source_options, options.reader) as reader:
         identity = source_identity(source, source_options)
         plans = plan_levels(reader, options)
+        if options.codec == "jpeg":
+            plans = with_passthrough(plans, jpeg_levels(source, options.patch_size, source_options))
         try:
             target, resumed = _prepare_target(reader, dest, store_options, plans, options, identity)
         except _Skip:

@@ -22,18 +22,22 @@ OME_VERSION = "0.5"
 PROGRESS_PREFIX = ".progress"
 FILL_VALUE = 255  # white: glass / padding
 
-CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "none")
+CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "none", "jpeg")
+#: ``jpeg``: levels whose source tiles are JPEG of exactly the patch size keep those tiles
+#: unchanged (:mod:`wsi_patchgd.store.jpeg`); every other level is written with blosc-lz4.
 
 
 def compressors(codec: str, level: int | None = None) -> Any:
     """Zarr v3 compressor list for a codec name (all lossless).
 
+    ``jpeg`` means blosc-lz4 for the levels that are not source JPEG tiles (see
+    :mod:`wsi_patchgd.store.jpeg`).
     ``blosc-lz4`` (default) encodes H&E at ~200 MP/s per core and decodes at ~640 MP/s (ratio
     ~2.4 on the real CMU-1 region); ``blosc-zstd`` / ``zstd`` trade speed for ~15 % smaller stores.
     """
     from zarr.codecs import BloscCodec, ZstdCodec
 
-    if codec == "blosc-lz4":
+    if codec in ("blosc-lz4", "jpeg"):
         return [BloscCodec(cname="lz4", clevel=level or 5, shuffle="noshuffle", typesize=1)]
     if codec == "blosc-zstd":
         return [BloscCodec(cname="zstd", clevel=level or 1, shuffle="noshuffle", typesize=1)]

@@ -27,9 +27,9 @@ class ShardWriter(ShardedArray):
     def encode(self, block: np.ndarray, shard_index: tuple[int, ...]) -> bytes | None:
         """The shard object for ``block``, the array's data in that shard (clipped at the
         array's edge). None when every chunk is fill value (nothing to store)."""
-        parts: list[bytes] = []
-        index = np.full(self.per_shard + (2,), _EMPTY, dtype="<u8")
-        offset = 0
+        if self.jpeg is not None:
+            raise ValueError("JPEG passthrough levels are written with write_encoded")
+        chunks: dict[tuple[int, ...], bytes] = {}
         for inner in np.ndindex(*self.per_shard):
             lo = [i * c for i, c in zip(inner, self.chunk, strict=True)]
             sl = tuple(
@@ -46,22 +46,44 @@ class ShardWriter(ShardedArray):
             elif part.flat[0] == self.fill and (part == self.fill).all():
                 continue  # all fill value: not stored
             data = np.ascontiguousarray(part)
-            raw = bytes(self._codec.encode(data)) if self._codec is not None else data.tobytes()
+            chunks[inner] = (
+                bytes(self._codec.encode(data)) if self._codec is not None else data.tobytes()
+            )
+        return self.assemble(chunks)
+
+    def assemble(self, chunks: dict[tuple[int, ...], bytes]) -> bytes | None:
+        """A shard object from already encoded chunks (inner index -> bytes; absent chunks
+        read as fill value). None when there is no chunk."""
+        if not chunks:
+            return None
+        import google_crc32c
+
+        index = np.full(self.per_shard + (2,), _EMPTY, dtype="<u8")
+        parts: list[bytes] = []
+        offset = 0
+        for inner in np.ndindex(*self.per_shard):  # C order, as zarr writes them
+            raw = chunks.get(inner)
+            if raw is None:
+                continue
             index[inner] = (offset, len(raw))
             parts.append(raw)
             offset += len(raw)
-        if not parts:
-            return None
         idx = index.tobytes()
-        import google_crc32c
-
         crc = int(google_crc32c.value(idx)).to_bytes(4, "little")
         parts += [idx, crc]
         return b"".join(parts)
 
+    def write_encoded(
+        self, chunks: dict[tuple[int, ...], bytes], shard_index: tuple[int, ...]
+    ) -> None:
+        """Store one shard made of already encoded chunks (JPEG passthrough)."""
+        self._put(self.assemble(chunks), shard_index)
+
     def write(self, block: np.ndarray, shard_index: tuple[int, ...]) -> None:
         """Encode and store one shard (removing the object when it is all fill value)."""
-        data = self.encode(block, shard_index)
+        self._put(self.encode(block, shard_index), shard_index)
+
+    def _put(self, data: bytes | None, shard_index: tuple[int, ...]) -> None:
         path = self._shard_path(shard_index)
         if self.remote:
             if data is None:

@@ -117,3 +117,55 @@ def plan_memory(
     return MemoryPlan(
         int(k), int(fill), total_budget, fixed, latent, per_patch_grad, per_patch_fill
     )
+
+
+def gd_step_bytes(
+    model: nn.Module, side: int, batch_size: int, optimizer: str = "adam", probe: int = 64
+) -> int:
+    """Memory of one standard-GD training step on ``batch_size`` images of ``side`` px.
+
+    Weights + gradients + optimizer state, plus the activations kept for backward, measured on
+    one ``probe`` px image and scaled by area (exact for a convolutional network up to the
+    rounding of its strides), with the same 1.5 factor as :func:`plan_memory`.
+    """
+    n_params = sum(p.numel() for p in model.parameters())
+    states = 1 if optimizer == "sgd" else 2
+    fixed = n_params * 4 * (2 + states)
+    with torch.enable_grad():
+        act, _ = _activation_bytes(model, torch.zeros(1, 3, probe, probe))
+    per_image = act * 1.5 * (side / probe) ** 2 + 3 * side * side * 4
+    return int(fixed + batch_size * per_image)
+
+
+def plan_gd_image_size(
+    model: nn.Module,
+    batch_size: int,
+    budget: str | int,
+    max_side: int,
+    optimizer: str = "adam",
+    multiple: int = 32,
+) -> int:
+    """The largest image side (a multiple of ``multiple``, at most ``max_side``) at which a GD
+    step of ``batch_size`` images fits ``budget``: what "GD forced to downscale" means.
+
+    Raises:
+        MemoryBudgetError: not even ``multiple`` px images fit.
+    """
+    total = budget if isinstance(budget, int) else parse_bytes(budget)
+    if gd_step_bytes(model, max_side, batch_size, optimizer) <= total:
+        return max_side  # full resolution fits
+    side = 0
+    s = multiple
+    while s <= max(max_side, multiple):
+        if gd_step_bytes(model, s, batch_size, optimizer) > total:
+            break
+        side = s
+        s += multiple
+    if side == 0:
+        need = gd_step_bytes(model, multiple, batch_size, optimizer)
+        raise MemoryBudgetError(
+            f"memory budget {budget} is too small for standard GD even at {multiple} px: one "
+            f"step of {batch_size} images needs about {need / 1e6:.0f} MB; raise "
+            "patchgd.memory_budget or lower schedule.batch_size"
+        )
+    return min(side, max_side)

@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from ..sampling import build_sampler
 from ..store.slide_store import SlideStore
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, save_config
-from .memory import MemoryPlan, plan_memory
+from .memory import MemoryPlan, gd_step_bytes, plan_gd_image_size, plan_memory
 from .metrics import accuracy, confusion, qwk
 
 
@@ -77,6 +77,29 @@ def gd_levels(urls: Sequence[str], size: int, storage_options: Any = None) -> li
     return out
 
 
+def _gd_side_for_budget(cfg: RunConfig, urls: Sequence[str], so: Any, log: Any) -> int:
+    """GD under ``patchgd.memory_budget``: the largest image side whose step fits it."""
+    m, p = cfg.model, cfg.patchgd
+    assert p.memory_budget is not None
+    largest = max(max(SlideStore(u, so).level_shape(0)) for u in urls)
+    probe = GDModel(
+        m.backbone, m.num_classes, 64, m.latent_dim, None, m.head_channels, m.head_convs, 0.0
+    )
+    side = plan_gd_image_size(
+        probe,
+        cfg.schedule.batch_size,
+        p.memory_budget,
+        min(p.gd_image_size, largest),
+        optimizer=cfg.optim.name,
+    )
+    need = gd_step_bytes(probe, side, cfg.schedule.batch_size, cfg.optim.name)
+    log(
+        f"memory budget {p.memory_budget}: GD image size {side}px (asked {p.gd_image_size}px, "
+        f"images up to {largest}px; a step needs ~{need / 1e6:.0f} MB)"
+    )
+    return side
+
+
 def build(cfg: RunConfig, *, check_stores: bool = True, log: Any = print) -> Setup:
     """Manifest, patch source, model and PatchGD settings of a config."""
     so = cfg.data.storage_options or None
@@ -91,6 +114,10 @@ def build(cfg: RunConfig, *, check_stores: bool = True, log: Any = print) -> Set
     device = pick_device(cfg.device)
     m, p = cfg.model, cfg.patchgd
     if p.method == "gd":
+        if p.memory_budget:
+            side = _gd_side_for_budget(cfg, urls, so, log)
+            p = replace(p, gd_image_size=side)
+            cfg = replace(cfg, patchgd=p)
         levels = gd_levels(urls, p.gd_image_size, so)
         source = StorePatchSource(urls, levels, cfg.data.patch_size, 0.0, so)
         model: nn.Module = GDModel(
@@ -358,7 +385,7 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
         + (
             f"k={setup.k}, zeta={setup.zeta}, epsilon={setup.epsilon}"
             if method == "patchgd"
-            else f"image {cfg.patchgd.gd_image_size}px"
+            else f"image {setup.cfg.patchgd.gd_image_size}px"
         )
     )
     t_start = time.perf_counter()
@@ -473,6 +500,7 @@ def _finish(setup: Setup, out: Path, metrics_path: Path, seconds: float, log: An
         "epochs": len(records),
         "best_epoch": best_state["epoch"] if best_state else None,
         "k": setup.k, "zeta": setup.zeta, "epsilon": setup.epsilon,
+        "gd_image_size": setup.cfg.patchgd.gd_image_size if cfg.patchgd.method == "gd" else None,
         "val_accuracy": val.get("accuracy"),
         "val_qwk": val.get("qwk"),
         "val_loss": val.get("loss"),
