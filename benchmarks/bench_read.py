@@ -71,8 +71,9 @@ PATCH = 256
 # the store and the patch positions
 
 
-def find_or_build_store(slide: Path, workdir: Path) -> tuple[str, bool]:
-    """A complete store of ``slide``: reused if one exists in the work folder, else built.
+def find_or_build_store(slide: Path, workdir: Path, codec: str = "blosc-lz4") -> tuple[str, bool]:
+    """A complete store of ``slide`` (``--codec codec``): reused if one exists in the work
+    folder, else built.
 
     Returns (store path, whether this run built it).
     """
@@ -80,7 +81,12 @@ def find_or_build_store(slide: Path, workdir: Path) -> tuple[str, bool]:
     from wsi_patchgd.store import ConvertOptions, SlideStore, convert_many, store_name
 
     name = store_name(str(slide))
-    for d in (workdir / "read", workdir / "convert" / "ours"):
+    dirs = (
+        (workdir / "read", workdir / "convert" / "ours")
+        if codec == "blosc-lz4"
+        else (workdir / f"read-{codec}",)
+    )
+    for d in dirs:
         cand = d / name
         if cand.exists():
             try:
@@ -89,10 +95,12 @@ def find_or_build_store(slide: Path, workdir: Path) -> tuple[str, bool]:
                 continue
             log(f"store: reusing {cand}")
             return str(cand), False
-    out = workdir / "read"
-    log(f"store: converting {slide.name} into {out} ...")
+    out = dirs[0]
+    log(f"store: converting {slide.name} into {out} (--codec {codec}) ...")
     t0 = time.perf_counter()
-    (res,) = convert_many([str(slide)], str(out), ConvertOptions(), workers=2, quiet=True)
+    (res,) = convert_many(
+        [str(slide)], str(out), ConvertOptions(codec=codec), workers=2, quiet=True
+    )
     if res.status != "ok":
         raise SystemExit(f"conversion failed: {res.reason}")
     log(f"store: built in {time.perf_counter() - t0:.1f} s ({dir_size_mb(out / name):,.0f} MB)")
@@ -471,6 +479,8 @@ def bench(args: argparse.Namespace, size: int) -> dict[str, Any]:
     slide_file = Path(args.slide) if args.slide else ensure_slide(workdir, size, texture_tiles())
     store_path, built = find_or_build_store(slide_file, workdir)
     store = SlideStore(store_path)
+    jpeg_path, jpeg_built = find_or_build_store(slide_file, workdir, "jpeg")
+    jstore = SlideStore(jpeg_path)
     n = args.batch * args.batches
     rng = np.random.default_rng(args.seed)
     results: dict[str, list[float]] = {}
@@ -496,6 +506,10 @@ def bench(args: argparse.Namespace, size: int) -> dict[str, Any]:
     ref = np.stack([os_read(r, c) for r, c in zip(wr[:8], wc[:8], strict=True)])
     max_diff = int(np.abs(got.astype(np.int16) - ref.astype(np.int16)).max())
     log(f"check: max |ours - OpenSlide| over 8 patches = {max_diff}")
+    jstore.read_patches(0, wr, wc)
+    jgot = jstore.read_patches(0, wr[:8], wc[:8]).transpose(0, 2, 3, 1)
+    jpeg_diff = int(np.abs(jgot.astype(np.int16) - ref.astype(np.int16)).max())
+    log(f"check: max |ours (--codec jpeg) - OpenSlide| over 8 patches = {jpeg_diff}")
     if floor is not None:
         fl = np.stack([floor.read(r, c) for r, c in zip(wr[:8], wc[:8], strict=True)])
         if not np.array_equal(fl.transpose(0, 2, 3, 1), got):
@@ -509,6 +523,10 @@ def bench(args: argparse.Namespace, size: int) -> dict[str, Any]:
         add(
             "ours_batch",
             time_batched(lambda r, c: store.read_patches(0, r, c), rows, cols, args.batch),
+        )
+        add(
+            "ours_jpeg_batch",
+            time_batched(lambda r, c: jstore.read_patches(0, r, c), rows, cols, args.batch),
         )
         m = min(n, args.single)
         add(
@@ -542,6 +560,9 @@ def bench(args: argparse.Namespace, size: int) -> dict[str, Any]:
         "patches_per_repeat": n,
         "repeats": args.repeats,
         "check_max_abs_diff": max_diff,
+        "check_max_abs_diff_jpeg": jpeg_diff,
+        "store_jpeg_mb": dir_size_mb(jpeg_path),
+        "ratio_ours_jpeg_batch_over_openslide": med["ours_jpeg_batch"] / med["openslide"],
         "patches_per_s_median": med,
         "patches_per_s_all": results,
         "ratio_ours_batch_over_openslide": ratio,
@@ -558,9 +579,10 @@ def bench(args: argparse.Namespace, size: int) -> dict[str, Any]:
     if ratio < TARGET_SPEEDUP or args.profile:
         log("profiling the batched path (cProfile in every thread) ...")
         doc["profile"] = run_profile(store_path, workdir, args.batch, max(4, args.batches // 2))
-    if built and not args.keep_stores:
-        remove(store_path)
-        log(f"store: removed {store_path}")
+    for path, was_built in ((store_path, built), (jpeg_path, jpeg_built)):
+        if was_built and not args.keep_stores:
+            remove(path)
+            log(f"store: removed {path}")
     return doc
 
 
@@ -609,6 +631,7 @@ def report(doc: dict[str, Any]) -> str:
     labels = [
         ("ours_batch", f"ours: SlideStore.read_patches, batch {doc['batch']} (local)"),
         ("ours_single", "ours: SlideStore.read_patches, batch 1 (local)"),
+        ("ours_jpeg_batch", f"ours, --codec jpeg store: read_patches, batch {doc['batch']}"),
         ("openslide", "OpenSlide read_region, 1 thread"),
         ("openslide_2threads", "OpenSlide read_region, 2-thread pool"),
         ("floor", "floor: pread + decode, 1 thread, no zarr"),
@@ -628,6 +651,9 @@ def report(doc: dict[str, Any]) -> str:
         f"latency of one patch: ours {doc['latency_ms_ours_single']:.2f} ms, "
         f"OpenSlide {doc['latency_ms_openslide']:.2f} ms; max |ours - OpenSlide| = "
         f"{doc['check_max_abs_diff']}",
+        f"--codec jpeg store: {doc['ratio_ours_jpeg_batch_over_openslide']:.2f}x OpenSlide, "
+        f"max |diff| = {doc['check_max_abs_diff_jpeg']}, {doc['store_jpeg_mb']:,.0f} MB vs "
+        f"{doc['store_mb']:,.0f} MB (blosc-lz4)",
     ]
     if "ratio_ours_batch_over_floor" in doc:
         lines.append(

@@ -72,6 +72,7 @@ __all__ = [
     "TissueParams",
     "detect_tissue",
     "patch_tissue_fractions",
+    "summed_area_table",
     "tissue_fraction",
 ]
 
@@ -522,8 +523,23 @@ def _edge_interp(table: np.ndarray, pos: np.ndarray, axis: int) -> np.ndarray:
     return a * (1.0 - f) + b * f
 
 
+def summed_area_table(mask: np.ndarray) -> np.ndarray:
+    """``sat[a, b] = sum(mask[:a, :b])`` as float64, shape ``(h + 1, w + 1)`` (exact: the
+    sums are formed in int64). Pass it to :func:`patch_tissue_fractions` when one mask serves
+    many levels."""
+    m = np.asarray(mask)
+    mh, mw = m.shape
+    sat = np.zeros((mh + 1, mw + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(m != 0, axis=0, dtype=np.int64), axis=1, out=sat[1:, 1:])
+    return sat.astype(np.float64)
+
+
 def patch_tissue_fractions(
-    mask: np.ndarray, scale: float, patch_size: int, grid_shape: tuple[int, int]
+    mask: np.ndarray,
+    scale: float,
+    patch_size: int,
+    grid_shape: tuple[int, int],
+    sat: np.ndarray | None = None,
 ) -> np.ndarray:
     """Tissue fraction of every patch of a level's non-overlapping patch grid.
 
@@ -542,6 +558,7 @@ def patch_tissue_fractions(
         patch_size: Patch side ``P`` in level pixels.
         grid_shape: ``(n_h, n_w)`` patches; the grid may extend past the mask (that part
             counts as background).
+        sat: :func:`summed_area_table` of ``mask``, if already computed.
 
     Returns:
         ``float32`` array of shape ``grid_shape`` with values in ``[0, 1]``.
@@ -579,10 +596,9 @@ def patch_tissue_fractions(
     if n_h == 0 or n_w == 0 or mh == 0 or mw == 0:
         return out
 
-    # Summed-area table: sat[a, b] = sum(mask[:a, :b]); exact in int64, then float64.
-    sat = np.zeros((mh + 1, mw + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(m != 0, axis=0, dtype=np.int64), axis=1, out=sat[1:, 1:])
-    satf = sat.astype(np.float64)
+    satf = summed_area_table(m) if sat is None else sat
+    if satf.shape != (mh + 1, mw + 1):
+        raise ValueError(f"patch_tissue_fractions: sat shape {satf.shape} != mask shape + 1")
 
     side = patch_size * s  # patch side in mask pixels
     ys = np.clip(np.arange(n_h + 1, dtype=np.float64) * side, 0.0, float(mh))

@@ -24,7 +24,16 @@ from .options import parse_storage_options, storage_options_option
     default=None,
     help="At most this many pyramid levels (default: down to ~512 px).",
 )
-@click.option("--codec", type=click.Choice(CODECS), default="blosc-lz4", show_default=True)
+@click.option(
+    "--codec",
+    type=click.Choice(CODECS),
+    default="blosc-lz4",
+    show_default=True,
+    help="Lossless chunk codec. 'jpeg': keep the source's JPEG tiles unchanged where they are "
+    "exactly --patch-size (e.g. 240 for most SVS, 256 for most pyramidal TIFFs): several times "
+    "faster and ~10x smaller, same pixels as the source decoder, but only readable with "
+    "wsi_patchgd installed; other levels use blosc-lz4.",
+)
 @click.option(
     "--reader",
     type=click.Choice(["auto", "openslide", "tifffile", "pillow"]),

@@ -30,7 +30,7 @@ import zarr
 from ..errors import StoreError, WsiPatchGDError
 from ..io import StorageOptions, filesystem, is_remote, local_path, zarr_store
 from ..readers import SlideReader, open_slide
-from ..tissue import TissueParams, detect_tissue, patch_tissue_fractions
+from ..tissue import TissueParams, detect_tissue, patch_tissue_fractions, summed_area_table
 from .chunk_reader import ChunkReader, supports
 from .format import (
     ATTR_KEY,
@@ -406,13 +406,14 @@ def _finish_tissue(
     tg = group.create_group("tissue")
     tg.create_array("mask", data=mask.astype(bool), chunks=mask.shape, overwrite=True)
     fr = tg.create_group("fraction")
+    sat = summed_area_table(mask)  # one for every level
     for pl in plans:
         grid = (
             (pl.height + options.patch_size - 1) // options.patch_size,
             (pl.width + options.patch_size - 1) // options.patch_size,
         )
         scale = pl.downsample / lvl.downsample  # mask pixels per pixel of this level
-        fractions = patch_tissue_fractions(mask, scale, options.patch_size, grid)
+        fractions = patch_tissue_fractions(mask, scale, options.patch_size, grid, sat)
         fr.create_array(str(pl.index), data=fractions.astype(np.float32), overwrite=True)
     return {
         "params": options.tissue.to_dict(),
