@@ -195,3 +195,22 @@ def test_tiles_reads_only_existing_tiles(data_dir: Path) -> None:
         got = jt.tiles(0, range(0, 2), range(8, 12))  # the slide is 10 tiles wide
     assert sorted(got) == [(0, 8), (0, 9), (1, 8), (1, 9)]
     assert all(b[:2] == b"\xff\xd8" for b in got.values())
+
+
+def test_plain_zarr_finds_the_codec_by_entry_point(cmu240: Path) -> None:
+    """A process that only imports zarr reads the JPEG level: zarr loads the codec through the
+    ``zarr.codecs`` entry point of the installed package."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, zarr, numpy as np\n"
+        "assert 'wsi_patchgd' not in sys.modules\n"
+        f"a = zarr.open_array({str(cmu240 / '0')!r}, mode='r')\n"
+        "x = np.asarray(a[:, 480:720, 240:480])\n"
+        "print(x.shape, int(x.sum()))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    ref = SlideStore(str(cmu240)).read_regions(0, [(240, 480)], 240, 240)[0]
+    assert r.stdout.split() == ["(3,", "240,", "240)", str(int(ref.astype(np.int64).sum()))]
