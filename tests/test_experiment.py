@@ -31,3 +31,9 @@ def test_experiment_runner_quick(tmp_path: Path, data_dir: Path) -> None:
     assert "| PatchGD | 128 px (full)" in table
     assert f"| GD | {gd['gd_image_size']} px (resized to fit the budget)" in table
     assert (out / "comparison.png").stat().st_size > 10_000
+    # both started from the same digit-taught weights
+    assert res["init"] == "digits" and (out / "pretrained-digits.pt").exists()
+    assert 0.0 <= res["pretrain"]["val_digit_accuracy"] <= 1.0
+    for m in ("patchgd", "gd"):
+        cfg = (out / "runs" / m / "config.yaml").read_text()
+        assert "pretrained-digits.pt" in cfg
