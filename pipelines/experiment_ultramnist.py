@@ -75,7 +75,7 @@ def pretrain_on_digits(
     the digit sum in the epochs a CPU affords (the paper starts from pretrained backbones).
     Patches of ``patch`` px hold one digit from the *training* pool (validation digits are never
     seen) at a log-uniform side in [8, patch] px at a random position, white on black as on the
-    canvases, or nothing (class 10). One pass over ``n`` such patches, batch 64, Adam with a
+    canvases, or nothing (class 10). One pass over ``n`` such patches, batch 128, Adam with a
     one-cycle learning rate peaking at 2e-3.
     The same file initialises PatchGD and GD, so the comparison stays like for like.
     """
@@ -108,13 +108,13 @@ def pretrain_on_digits(
         return (t - mean) / std, torch.from_numpy(y)
 
     model = torchvision.models.mobilenet_v2(num_classes=11)
-    steps = max(1, n // 64)
+    steps = max(1, n // 128)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     t0 = time.perf_counter()
     model.train()
     for step in range(steps):
-        x, y = batch("train", 64)
+        x, y = batch("train", 128)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -127,7 +127,7 @@ def pretrain_on_digits(
         x, y = batch("val", 1000)  # held-out digits
         acc = float((model(x).argmax(1) == y).float().mean())
     torch.save(model.state_dict(), out)
-    return {"patches": steps * 64, "seconds": time.perf_counter() - t0, "val_digit_accuracy": acc}
+    return {"patches": steps * 128, "seconds": time.perf_counter() - t0, "val_digit_accuracy": acc}
 
 
 def final_and_best(run: Path) -> dict[str, Any]:
