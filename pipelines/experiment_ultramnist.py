@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         "or random",
     )
     ap.add_argument("--pretrain-patches", type=int, default=102400)
+    ap.add_argument(
+        "--reference",
+        action="store_true",
+        help="also train GD at full resolution with no budget (what GD reaches when memory "
+        "is not the limit)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (tests)")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     data = out / "data"
     if not (data / "manifest.csv").exists():
-        log(f"[1/4] {args.n_train} + {args.n_val} canvases of {args.side} px -> {data}")
+        log(f"[1] {args.n_train} + {args.n_val} canvases of {args.side} px -> {data}")
         make_ultramnist(
             data,
             args.n_train,
@@ -191,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=True,
         )
     else:
-        log(f"[1/4] canvases already in {data}")
+        log(f"[1] canvases already in {data}")
     base = yaml.safe_load(Path(args.config).read_text())
     pretrain: dict[str, Any] = {}
     if args.init == "digits":
         wfile = out / "pretrained-digits.pt"
         if not wfile.exists():
-            log(f"[1b/4] initial weights: MobileNetV2 on {args.pretrain_patches} digit patches")
+            log(f"[1b] initial weights: MobileNetV2 on {args.pretrain_patches} digit patches")
             pretrain = pretrain_on_digits(
                 args.seed, wfile, args.patch_size, args.pretrain_patches, args.seed, args.quiet
             )
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pretrain = json.loads((out / "pretrained-digits.json").read_text())
         log(
-            f"[1b/4] initial weights {wfile.name}: held-out digit accuracy "
+            f"[1b] initial weights {wfile.name}: held-out digit accuracy "
             f"{pretrain['val_digit_accuracy']:.3f} ({pretrain['seconds']:.0f} s)"
         )
         base.setdefault("model", {})["weights"] = str(wfile)
@@ -222,27 +228,37 @@ def main(argv: list[str] | None = None) -> int:
     pg_cfg = load_config(None, common + [f"output.dir={out / 'runs' / 'patchgd'}"], base=base)
     budget, plan = step_budget(pg_cfg)
     log(
-        f"[2/4] memory budget = one PatchGD step at full resolution: {budget / 1e6:.0f} MB "
+        f"[2] memory budget = one PatchGD step at full resolution: {budget / 1e6:.0f} MB "
         f"(weights+grads+Adam {plan.fixed / 1e6:.0f} MB, Z/head {plan.latent / 1e6:.1f} MB, "
         f"{plan.per_patch_grad / 1e6:.1f} MB per patch with gradient)"
     )
     summaries: dict[str, dict[str, Any]] = {}
-    for step, method in ((3, "patchgd"), (4, "gd")):
+    runs = [("patchgd", "patchgd", True), ("gd", "gd", True)]
+    if args.reference:
+        runs.append(("gd-full", "gd", False))  # GD at full resolution, budget ignored
+    for step, (name, method, budgeted) in enumerate(runs, start=3):
+        run = out / "runs" / name
         cfg = load_config(
             None,
             common
-            + [
-                f"patchgd.method={method}",
-                f"patchgd.memory_budget={budget // 1_000_000}MB",
-                f"output.dir={out / 'runs' / method}",
-            ],
+            + [f"patchgd.method={method}", f"output.dir={run}"]
+            + ([f"patchgd.memory_budget={budget // 1_000_000}MB"] if budgeted else []),
             base=base,
         )
-        run = out / "runs" / method
         resume = (run / "checkpoints" / "last.pt").exists()
-        log(f"[{step}/4] training {method} ({'resuming' if resume else 'new run'}) -> {run}")
+        log(f"[{step}] training {name} ({'resuming' if resume else 'new run'}) -> {run}")
         s = train(cfg, resume=resume, quiet=args.quiet)
-        summaries[method] = {**s, **final_and_best(run)}
+        summaries[name] = {**s, **final_and_best(run)}
+        if name == "gd-full":
+            from wsi_patchgd.engine.gd import GDModel
+            from wsi_patchgd.training.memory import gd_step_bytes
+
+            m = cfg.model
+            probe = GDModel(m.backbone, m.num_classes, 64, m.latent_dim, None,
+                            m.head_channels, m.head_convs, 0.0)  # fmt: skip
+            summaries[name]["step_bytes"] = gd_step_bytes(
+                probe, args.side, cfg.schedule.batch_size, cfg.optim.name
+            )
     curves = {m: read_metrics(out / "runs" / m / "metrics.jsonl") for m in summaries}
     plot_comparison(curves, out / "comparison.png")
     pg, gd = summaries["patchgd"], summaries["gd"]
@@ -254,6 +270,16 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("GD", f"{gd['gd_image_size']} px (resized to fit the budget)", gd),
     ]
+    if "gd-full" in summaries:
+        ref = summaries["gd-full"]
+        rows.append(
+            (
+                "GD, no budget (reference)",
+                f"{args.side} px (full; a step needs ~{ref['step_bytes'] / 1e6:.0f} MB, over "
+                "the budget)",
+                ref,
+            )
+        )
     init = (
         f"backbones initialised from MobileNetV2 taught single training-pool digits "
         f"(held-out digit accuracy {pretrain['val_digit_accuracy']:.3f})"

@@ -14,7 +14,7 @@ def test_experiment_runner_quick(tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "exp"
     r = subprocess.run(
         [sys.executable, str(REPO / "pipelines" / "experiment_ultramnist.py"), "--quick",
-         "--out", str(out), "-q"],
+         "--reference", "--out", str(out), "-q"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -30,6 +30,9 @@ def test_experiment_runner_quick(tmp_path: Path, data_dir: Path) -> None:
     table = (out / "results.md").read_text()
     assert "| PatchGD | 128 px (full)" in table
     assert f"| GD | {gd['gd_image_size']} px (resized to fit the budget)" in table
+    ref = res["runs"]["gd-full"]  # the reference: GD at full resolution, over the budget
+    assert ref["gd_image_size"] == 128 and ref["step_bytes"] > res["budget_bytes"]
+    assert "| GD, no budget (reference) | 128 px (full" in table
     assert (out / "comparison.png").stat().st_size > 10_000
     # both started from the same digit-taught weights
     assert res["init"] == "digits" and (out / "pretrained-digits.pt").exists()
