@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 install: $(VENV)/.installed
 
 lint: install
-	$(BIN)/ruff check wsi_patchgd tests benchmarks
-	$(BIN)/ruff format --check wsi_patchgd tests benchmarks
+	$(BIN)/ruff check wsi_patchgd tests benchmarks pipelines
+	$(BIN)/ruff format --check wsi_patchgd tests benchmarks pipelines
 
 typecheck: install
 	$(BIN)/mypy wsi_patchgd
@@ -32,7 +32,7 @@ unit: install
 
 # The README's test command (what .ci/run runs): lint, types, the whole test suite.
 test: install
-	$(BIN)/ruff check wsi_patchgd tests benchmarks
+	$(BIN)/ruff check wsi_patchgd tests benchmarks pipelines
 	$(BIN)/mypy wsi_patchgd
 	$(PY) -m pytest -q -ra
 
