@@ -7,7 +7,8 @@ the full resolution because only k patches per image carry gradients at a time.
 What this runs (defaults: what a 2-core CPU does in about an hour):
 
 1. ``make_ultramnist``: 1600 train / 400 validation canvases of 256 px, 3-5 digits each,
-   label = sum of the digits (28 classes), digit pools disjoint between the splits.
+   label = sum of the digits (28 classes; ``--label max``: the largest digit, 10 classes),
+   digit pools disjoint between the splits.
 2. The budget: the memory one PatchGD step needs (``plan_memory``: weights + gradients + Adam
    state, Z and the head, B x k patches' activations) with the pipeline's k.
 3. PatchGD (``pipelines/ultramnist-cpu.yaml``) and GD with ``patchgd.memory_budget`` set to that
@@ -165,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also train GD at full resolution with no budget (what GD reaches when memory "
         "is not the limit)",
     )
+    ap.add_argument(
+        "--label",
+        choices=("sum", "max"),
+        default="sum",
+        help="sum: the paper's digit sum (28 classes); max: the largest digit (10 classes)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (tests)")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_patchgd.training.config import load_config
     from wsi_patchgd.training.trainer import train
 
+    classes = 28 if args.label == "sum" else 10
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -191,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             args.n_train,
             args.n_val,
             side=args.side,
+            classes=classes,
+            label=args.label,
             seed=args.seed,
             patch_size=args.patch_size,
             quiet=args.quiet,
@@ -216,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         base.setdefault("model", {})["weights"] = str(wfile)
     common = [
+        f"model.num_classes={classes}",
         f"data.manifest={data / 'manifest.csv'}",
         f"data.patch_size={args.patch_size}",
         f"seed={args.seed}",
@@ -287,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         else "backbones from random weights"
     )
     lines = [
-        f"UltraMNIST-style, {args.side} px canvases, 28 classes (chance {1 / 28:.3f}), "
+        f"UltraMNIST-style, {args.side} px canvases, label = "
+        f"{'sum of the digits' if args.label == 'sum' else 'largest digit'}, {classes} classes "
+        f"(chance {1 / classes:.3f}), "
         f"{args.n_train} train / {args.n_val} validation canvases, MobileNetV2, "
         f"batch {pg_cfg.schedule.batch_size}, {pg['epochs']} epochs, "
         f"seed {args.seed}, memory budget {budget / 1e6:.0f} MB per step; {init}.",
@@ -310,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args),
         "budget_bytes": budget,
         "init": args.init,
+        "label": args.label,
+        "classes": classes,
         "pretrain": pretrain,
         "machine": {
             "cpu": platform.processor() or platform.machine(),

@@ -343,6 +343,24 @@ def test_ten_classes_is_sum_mod_ten(tmp_path: Path, mnist: tuple) -> None:
         assert [int(mnist[1][i]) for i in c["mnist_index"]] == c["digits"]
 
 
+def test_max_label_is_the_largest_real_digit(tmp_path: Path, mnist: tuple) -> None:
+    out = tmp_path / "max"
+    um.make_ultramnist(
+        out, 20, 0, side=128, classes=10, label="max", seed=2, mnist_dir=MNIST, workers=2,
+        quiet=True,
+    )  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["label"] == "largest digit"
+    assert sorted(c["label"] for c in meta["canvases"]) == sorted(list(range(10)) * 2)
+    for c in meta["canvases"]:
+        real = [int(mnist[1][i]) for i in c["mnist_index"]]
+        assert real == c["digits"] and c["label"] == max(real)
+    with pytest.raises(ConfigError, match="label=max .* pass classes=10"):
+        um.make_ultramnist(tmp_path / "x", 1, 0, label="max", mnist_dir=MNIST, workers=1)
+    with pytest.raises(ConfigError, match="label='mean'"):
+        um.make_ultramnist(tmp_path / "y", 1, 0, label="mean", mnist_dir=MNIST, workers=1)
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
     kw: dict[str, Any] = {"mnist_dir": MNIST, "workers": 1, "quiet": True}
     with pytest.raises(ConfigError, match="classes=7"):

@@ -19,7 +19,15 @@ from . import one_line_errors
     type=click.Choice(["28", "10"]),
     default="28",
     show_default=True,
-    help="28: label = digit sum; 10: label = digit sum mod 10.",
+    help="28: label = digit sum; 10: label = digit sum mod 10 (or the largest digit with "
+    "--label max).",
+)
+@click.option(
+    "--label",
+    type=click.Choice(["sum", "max"]),
+    default="sum",
+    show_default=True,
+    help="sum: the paper's digit sum; max: the largest digit (10 classes).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of pools, labels and layouts."
@@ -40,6 +48,7 @@ def make_ultramnist_command(
     n_val: int,
     side: int,
     classes: str,
+    label: str,
     seed: int,
     mnist_dir: str | None,
     patch_size: int,
@@ -55,7 +64,8 @@ def make_ultramnist_command(
         n_train,
         n_val,
         side=side,
-        classes=int(classes),
+        classes=10 if label == "max" else int(classes),
+        label=label,
         seed=seed,
         mnist_dir=mnist_dir,
         patch_size=patch_size,

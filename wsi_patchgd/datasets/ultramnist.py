@@ -11,6 +11,9 @@ One canvas:
   whose sum is at most 27 are used, so 4 and 5 digits never exceed the 28 classes.
   ``classes=10`` is a 10-class variant in which **label = sum mod 10** (note: the PatchGD
   reference generator's 10-class variant instead keeps only digit sets summing to 0..9);
+  ``label="max"`` (with ``classes=10``) is a variant in which **label = the largest digit**
+  on the canvas: a task whose answer often sits in one small digit, so it needs the full
+  resolution as the sum does, but that a network learns in far fewer steps;
 - classes are balanced: the labels of a split are successive random permutations of the
   classes (so every class appears n // classes or one more times), and each canvas takes
   a digit multiset drawn uniformly among the multisets of 3-5 digits with that label, as in the
@@ -350,15 +353,27 @@ def digit_side_range(side: int) -> tuple[int, int]:
     return max(8, round(side / 40)), side // 2
 
 
-def _multisets(classes: int) -> list[list[tuple[int, ...]]]:
+def _multisets(classes: int, label: str = "sum") -> list[list[tuple[int, ...]]]:
     """Digit multisets of 3-5 digits with sum <= 27, grouped by label."""
     out: list[list[tuple[int, ...]]] = [[] for _ in range(classes)]
     for k in range(MIN_DIGITS, MAX_DIGITS + 1):
         for combo in combinations_with_replacement(range(10), k):
             s = sum(combo)
             if s <= 27:
-                out[s % classes if classes == 10 else s].append(combo)
+                if label == "max":
+                    out[max(combo)].append(combo)
+                else:
+                    out[s % classes if classes == 10 else s].append(combo)
     return out
+
+
+LABELS = ("sum", "max")
+
+
+def label_name(classes: int, label: str) -> str:
+    if label == "max":
+        return "largest digit"
+    return "digit sum" if classes == 28 else "digit sum mod 10"
 
 
 def _sample_sides(rng: np.random.Generator, n: int, lo: int, hi: int) -> np.ndarray:
@@ -624,10 +639,12 @@ class _Generator:
         side: int,
         classes: int,
         options: ConvertOptions,
+        label: str = "sum",
     ) -> None:
         self.stores, self.pools, self.seed = stores, pools, seed
         self.side, self.classes, self.options = side, classes, options
-        self.multisets = _multisets(classes)
+        self.label = label
+        self.multisets = _multisets(classes, label)
         self.by_digit = {s: pools.by_digit(s) for s in _SPLITS}
 
     def spec(self, mnist_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -638,6 +655,7 @@ class _Generator:
             "seed": self.seed,
             "side": self.side,
             "classes": self.classes,
+            "label": self.label,
             "patch_size": self.options.patch_size,
         }
 
@@ -659,7 +677,12 @@ class _Generator:
             np.repeat(gray[:, :, None], 3, axis=2),
             name=c.slide_id,
             options=self.options,
-            source={"generator": "ultramnist", "seed": self.seed, "classes": self.classes},
+            source={
+                "generator": "ultramnist",
+                "seed": self.seed,
+                "classes": self.classes,
+                "label": label_name(self.classes, self.label),
+            },
         )
         return c
 
@@ -671,7 +694,7 @@ def _init_worker(spec: dict[str, Any]) -> None:
     pools = load_mnist(spec["mnist_dir"], spec["seed"])
     options = ConvertOptions(patch_size=spec["patch_size"])
     _WORKER["gen"] = _Generator(
-        spec["stores"], pools, spec["seed"], spec["side"], spec["classes"], options
+        spec["stores"], pools, spec["seed"], spec["side"], spec["classes"], options, spec["label"]
     )
 
 
@@ -687,6 +710,7 @@ def make_ultramnist(
     side: int = 512,
     classes: int = 28,
     seed: int = 0,
+    label: str = "sum",
     mnist_dir: str | os.PathLike[str] | None = None,
     patch_size: int = 32,
     workers: int | None = None,
@@ -706,6 +730,8 @@ def make_ultramnist(
         n_val: validation canvases.
         side: canvas side in pixels (a multiple of ``patch_size`` keeps every patch whole).
         classes: 28 (label = digit sum, 0..27) or 10 (label = digit sum mod 10).
+        label: ``"sum"`` (as ``classes`` says) or ``"max"`` (the largest digit; needs
+            ``classes=10``).
         seed: seed of everything (pools, labels, digits, sizes, positions).
         mnist_dir: folder of the MNIST IDX files (default: ``$WSI_PATCHGD_MNIST`` or
             ``<repo>/../shared/data/mnist``).
@@ -728,6 +754,10 @@ def make_ultramnist(
     """
     if classes not in (10, 28):
         raise ConfigError(f"classes={classes}: use 28 (digit sum) or 10 (digit sum mod 10)")
+    if label not in LABELS:
+        raise ConfigError(f"label={label!r}: use one of {', '.join(LABELS)}")
+    if label == "max" and classes != 10:
+        raise ConfigError("label=max (the largest digit) has 10 classes: pass classes=10")
     if n_train < 0 or n_val < 0 or n_train + n_val == 0:
         raise ConfigError(f"n_train={n_train}, n_val={n_val}: need >= 0 each and >= 1 in all")
     if side < MIN_SIDE:
@@ -744,7 +774,7 @@ def make_ultramnist(
         blocks = [rng.permutation(classes) for _ in range(-(-n // classes))]
         labels = np.concatenate(blocks)[:n] if blocks else np.zeros(0, np.int64)
         jobs.extend((split, i, int(labels[i])) for i in range(n))
-    gen = _Generator(str(out_p / "stores"), pools, seed, side, classes, options)
+    gen = _Generator(str(out_p / "stores"), pools, seed, side, classes, options, label)
     for split, n_s in zip(_SPLITS, (n_train, n_val), strict=True):
         empty = [d for d in range(10) if not len(gen.by_digit[split][d])]
         if n_s and empty:
@@ -788,7 +818,7 @@ def make_ultramnist(
         "seed": seed,
         "side": side,
         "classes": classes,
-        "label": "digit sum" if classes == 28 else "digit sum mod 10",
+        "label": label_name(classes, label),
         "patch_size": patch_size,
         "digit_side_range": list(digit_side_range(side)),
         "digits_per_canvas": [MIN_DIGITS, MAX_DIGITS],
