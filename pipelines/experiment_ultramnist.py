@@ -172,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         default="sum",
         help="sum: the paper's digit sum (28 classes); max: the largest digit (10 classes)",
     )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override applied to every run (e.g. model.head=pooled); repeatable",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (tests)")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -234,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.epochs:
         common.append(f"schedule.epochs={args.epochs}")
+    common += args.overrides
     if args.quick:
         common += ["schedule.batch_size=4", "output.heatmaps=1", "schedule.warmup_epochs=0"]
     pg_cfg = load_config(None, common + [f"output.dir={out / 'runs' / 'patchgd'}"], base=base)
@@ -271,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 probe, args.side, cfg.schedule.batch_size, cfg.optim.name
             )
     curves = {m: read_metrics(out / "runs" / m / "metrics.jsonl") for m in summaries}
-    plot_comparison(curves, out / "comparison.png")
+    plot_comparison(curves, out / "comparison.png", chance=1 / classes, qwk=True)
     pg, gd = summaries["patchgd"], summaries["gd"]
     rows = [
         (
@@ -303,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(chance {1 / classes:.3f}), "
         f"{args.n_train} train / {args.n_val} validation canvases, MobileNetV2, "
         f"batch {pg_cfg.schedule.batch_size}, {pg['epochs']} epochs, "
-        f"seed {args.seed}, memory budget {budget / 1e6:.0f} MB per step; {init}.",
+        f"seed {args.seed}, memory budget {budget / 1e6:.0f} MB per step; {init}; "
+        f"head: {pg_cfg.model.head}"
+        + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else "")
+        + ".",
         "",
         "| method | resolution trained on | val acc (best epoch) | val acc (last epoch) | "
         "val QWK (best) | train loss (last) | minutes |",

@@ -95,16 +95,26 @@ def plot_heatmap(
     return out
 
 
-def plot_comparison(curves: Mapping[str, Sequence[dict[str, Any]]], out: str | Path) -> Path:
-    """Validation accuracy and training loss per epoch of several runs, one line each."""
+def plot_comparison(
+    curves: Mapping[str, Sequence[dict[str, Any]]],
+    out: str | Path,
+    chance: float | None = 0.5,
+    qwk: bool = False,
+) -> Path:
+    """Validation accuracy and training loss per epoch of several runs, one line each (and the
+    validation QWK in a third panel with ``qwk``); ``chance`` draws the chance accuracy."""
     out = Path(out)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    panels = [("validation accuracy", "val_accuracy"), ("training loss", "train_loss")]
+    if qwk:
+        panels.append(("validation QWK", "val_qwk"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for name, recs in curves.items():
         ep = [r["epoch"] + 1 for r in recs]
-        axes[0].plot(ep, [r.get("val_accuracy") for r in recs], "-o", label=name, markersize=3)
-        axes[1].plot(ep, [r.get("train_loss") for r in recs], "-o", label=name, markersize=3)
-    axes[0].axhline(0.5, color="grey", ls="--", lw=1, label="chance")
-    for ax, t in zip(axes, ("validation accuracy", "training loss"), strict=True):
+        for ax, (_, key) in zip(axes, panels, strict=True):
+            ax.plot(ep, [r.get(key) for r in recs], "-o", label=name, markersize=3)
+    if chance is not None:
+        axes[0].axhline(chance, color="grey", ls="--", lw=1, label="chance")
+    for ax, (t, _) in zip(axes, panels, strict=True):
         ax.set_title(t)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
