@@ -214,3 +214,21 @@ def test_plain_zarr_finds_the_codec_by_entry_point(cmu240: Path) -> None:
     assert r.returncode == 0, r.stderr[-1500:]
     ref = SlideStore(str(cmu240)).read_regions(0, [(240, 480)], 240, 240)[0]
     assert r.stdout.split() == ["(3,", "240,", "240)", str(int(ref.astype(np.int64).sum()))]
+
+
+def test_tiles_from_many_threads_at_once(synthetic: tuple[Path, Path]) -> None:
+    """Regression: tifffile parses pages lazily from one file handle; the first reads of every
+    page arrive from several threads at once (as Dask workers do) and must not race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    src, _ = synthetic
+    pages = [j.page for j in jpeg_levels(str(src), 256)]
+    assert len(pages) >= 3
+    with JpegTiles(str(src)) as jt:
+        serial = {p: jt.tiles(p, range(0, 4), range(0, 4)) for p in pages}
+    for _ in range(5):
+        with JpegTiles(str(src)) as jt, ThreadPoolExecutor(8) as ex:
+            jobs = [p for p in pages for _ in range(4)]
+            got = list(ex.map(lambda p: (p, jt.tiles(p, range(0, 4), range(0, 4))), jobs))
+        for p, tiles in got:
+            assert tiles == serial[p]

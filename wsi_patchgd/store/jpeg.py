@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -191,6 +192,8 @@ class JpegTiles:
         self.source = source
         self._fd: int | None = None
         self._fh: Any = None
+        self._lock = threading.Lock()
+        self._pages: dict[int, tuple[int, int, np.ndarray, np.ndarray]] = {}
         if is_remote(source):
             self._fs, self._path = filesystem(source, storage_options)
             self._fh = self._fs.open(self._path, "rb")
@@ -243,12 +246,26 @@ class JpegTiles:
             )
         return out
 
+    def _page(self, page: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(tiles across, tiles down, offsets, byte counts) of a page, parsed once: tifffile
+        parses pages lazily from one shared file handle, which is not safe across threads."""
+        with self._lock:
+            info = self._pages.get(page)
+            if info is None:
+                pg: Any = self._tif.pages[page]
+                info = (
+                    -(-int(pg.imagewidth) // int(pg.tilewidth)),
+                    -(-int(pg.imagelength) // int(pg.tilelength)),
+                    np.asarray(pg.dataoffsets, np.int64),
+                    np.asarray(pg.databytecounts, np.int64),
+                )
+                self._pages[page] = info
+        return info
+
     def tiles(self, page: int, rows: range, cols: range) -> dict[tuple[int, int], bytes]:
-        """Bytes of the tiles (row, col) of a page; tiles the file leaves empty are absent."""
-        pg: Any = self._tif.pages[page]
-        nx = -(-int(pg.imagewidth) // int(pg.tilewidth))
-        ny = -(-int(pg.imagelength) // int(pg.tilelength))
-        offs, counts = pg.dataoffsets, pg.databytecounts
+        """Bytes of the tiles (row, col) of a page; tiles the file leaves empty are absent.
+        Thread-safe (positional reads)."""
+        nx, ny, offs, counts = self._page(page)
         want = [
             (r, c, r * nx + c)
             for r in rows
@@ -256,11 +273,11 @@ class JpegTiles:
             if r < ny and c < nx and counts[r * nx + c]
         ]
         if self._fd is not None:
-            return {(r, c): os.pread(self._fd, counts[i], offs[i]) for r, c, i in want}
+            return {(r, c): os.pread(self._fd, int(counts[i]), int(offs[i])) for r, c, i in want}
         blobs = self._fs.cat_ranges(
             [self._path] * len(want),
-            [offs[i] for _, _, i in want],
-            [offs[i] + counts[i] for _, _, i in want],
+            [int(offs[i]) for _, _, i in want],
+            [int(offs[i] + counts[i]) for _, _, i in want],
         )
         return {(r, c): b for (r, c, _), b in zip(want, blobs, strict=True)}
 
