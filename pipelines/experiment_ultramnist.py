@@ -68,7 +68,13 @@ def step_budget(cfg: Any) -> tuple[int, Any]:
 
 
 def pretrain_on_digits(
-    mnist_seed: int, out: Path, patch: int, n: int, seed: int, quiet: bool
+    mnist_seed: int,
+    out: Path,
+    patch: int,
+    n: int,
+    seed: int,
+    quiet: bool,
+    mnist_dir: str | None = None,
 ) -> dict[str, Any]:
     """Initial weights for both methods: MobileNetV2 taught to name single MNIST digits.
 
@@ -86,7 +92,7 @@ def pretrain_on_digits(
     from wsi_patchgd.datasets.ultramnist import load_mnist, resize_digit
     from wsi_patchgd.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
-    pools = load_mnist(seed=mnist_seed)
+    pools = load_mnist(mnist_dir, seed=mnist_seed)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
@@ -180,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="config override applied to every run (e.g. model.head=pooled); repeatable",
     )
+    ap.add_argument(
+        "--mnist-dir",
+        default=None,
+        help="MNIST IDX files (default: $WSI_PATCHGD_MNIST or ../shared/data/mnist)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (tests)")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -210,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             classes=classes,
             label=args.label,
             seed=args.seed,
+            mnist_dir=args.mnist_dir,
             patch_size=args.patch_size,
             quiet=args.quiet,
             overwrite=True,
@@ -223,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         if not wfile.exists():
             log(f"[1b] initial weights: MobileNetV2 on {args.pretrain_patches} digit patches")
             pretrain = pretrain_on_digits(
-                args.seed, wfile, args.patch_size, args.pretrain_patches, args.seed, args.quiet
+                args.seed,
+                wfile,
+                args.patch_size,
+                args.pretrain_patches,
+                args.seed,
+                args.quiet,
+                args.mnist_dir,
             )
             (out / "pretrained-digits.json").write_text(json.dumps(pretrain, indent=2))
         else:

@@ -14,7 +14,7 @@ def test_experiment_runner_quick(tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "exp"
     r = subprocess.run(
         [sys.executable, str(REPO / "pipelines" / "experiment_ultramnist.py"), "--quick",
-         "--reference", "--out", str(out), "-q"],
+         "--reference", "--out", str(out), "-q", "--mnist-dir", str(data_dir / "mnist")],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
