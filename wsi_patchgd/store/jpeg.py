@@ -50,9 +50,7 @@ def decode_tile(
     out = imagecodecs.jpeg_decode(
         data, bitspersample=8, tables=tables, colorspace=colorspace, outcolorspace=outcolorspace
     )
-    if out.ndim == 2:
-        out = np.repeat(out[:, :, None], 3, axis=2)
-    return np.asarray(out, np.uint8)
+    return np.asarray(out, np.uint8)  # 3 samples: jpeg_levels admits RGB/YCbCr pages only
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ class JpegTileCodec(ArrayBytesCodec):
         return self._encode_sync(chunk_array, chunk_spec)
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
-        raise NotImplementedError  # variable size
+        raise NotImplementedError  # JPEG size depends on content (zarr's Blosc/Zstd do the same)
 
 
 def register() -> None:
