@@ -361,6 +361,98 @@ def test_max_label_is_the_largest_real_digit(tmp_path: Path, mnist: tuple) -> No
         um.make_ultramnist(tmp_path / "y", 1, 0, label="mean", mnist_dir=MNIST, workers=1)
 
 
+def test_sum10_is_the_papers_ten_classes(tmp_path: Path, mnist: tuple) -> None:
+    """label=sum10: label = digit sum with only sums 0..9, balanced, paper's 28..252 px digits
+    on 512 px canvases (and they still fit without overlap)."""
+    assert um.paper_digit_side_range(512) == (28, 252)
+    sets = um._multisets(10, "sum10")
+    assert all(len(m) and all(sum(c) == lab for c in m) for lab, m in enumerate(sets))
+    assert sets[0] == [(0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 0, 0)]
+    out = tmp_path / "s10"
+    um.make_ultramnist(
+        out, 20, 10, side=512, classes=10, label="sum10", seed=4, mnist_dir=MNIST, workers=2,
+        quiet=True, patch_size=64,
+    )  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["label"] == "digit sum (sums 0..9 only)" and meta["classes"] == 10
+    assert meta["digit_sizes"] is None and meta["digit_side_range"] == [28, 252]
+    train = [c["label"] for c in meta["canvases"] if c["split"] == "train"]
+    val = [c["label"] for c in meta["canvases"] if c["split"] == "val"]
+    assert sorted(train) == sorted(list(range(10)) * 2) and sorted(val) == list(range(10))
+    sides = []
+    for c in meta["canvases"]:
+        real = [int(mnist[1][i]) for i in c["mnist_index"]]
+        assert real == c["digits"] and c["label"] == c["digit_sum"] == sum(real) <= 9
+        boxes = c["boxes"]
+        for i, (x, y, s) in enumerate(boxes):
+            assert 28 <= s <= 252 and x + s <= 512 and y + s <= 512
+            sides.append(s)
+            for x2, y2, s2 in boxes[i + 1 :]:
+                assert x + s <= x2 or x2 + s2 <= x or y + s <= y2 or y2 + s2 <= y
+    assert max(sides) > 150 and min(sides) < 50
+    with open(out / "manifest.csv", newline="") as fh:
+        assert [int(r["label"]) for r in csv.DictReader(fh)] == train + val
+    src = SlideStore(str(out / "stores" / "um-train-0.zarr")).meta["source"]
+    assert src["label"] == meta["label"] and src["digit_side_range"] == [28, 252]
+    with pytest.raises(ConfigError, match="label=sum10 .* pass classes=10"):
+        um.make_ultramnist(tmp_path / "x", 1, 0, label="sum10", mnist_dir=MNIST, workers=1)
+
+
+def test_digit_sizes_bound_the_digit_sides(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    um.make_ultramnist(
+        out, 20, 5, side=256, classes=10, seed=1, digit_sizes=(16, 48), mnist_dir=MNIST,
+        workers=1, quiet=True, patch_size=64,
+    )  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["digit_sizes"] == meta["digit_side_range"] == [16, 48]
+    sides = [b[2] for c in meta["canvases"] for b in c["boxes"]]
+    assert min(sides) >= 16 and max(sides) <= 48 and max(sides) / min(sides) > 2
+    for c in meta["canvases"]:
+        assert c["label"] == sum(c["digits"]) % 10
+    src = SlideStore(str(out / "stores" / "um-val-0.zarr")).meta["source"]
+    assert src["digit_side_range"] == [16, 48]
+    # the paper variant on a 512 px canvas with explicit sizes overrides its default
+    um.make_ultramnist(
+        tmp_path / "p", 3, 0, side=512, classes=10, label="sum10", digit_sizes=[60, 200],
+        mnist_dir=MNIST, workers=1, quiet=True, patch_size=64,
+    )  # fmt: skip
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    assert meta["digit_side_range"] == [60, 200]
+    assert all(60 <= b[2] <= 200 for c in meta["canvases"] for b in c["boxes"])
+
+
+@pytest.mark.parametrize("sizes", [(4, 48), (16, 300), (48, 16), (16,), "16,48", (16.5, 48)])
+def test_bad_digit_sizes(tmp_path: Path, sizes: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^digit_sizes=.*\(--digit-sizes\)") as exc:
+        um.make_ultramnist(
+            tmp_path / "x", 1, 0, side=256, digit_sizes=sizes, mnist_dir=MNIST, workers=1
+        )
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "x").exists()  # checked before anything is written
+
+
+def test_sum_and_max_outputs_do_not_change(meta: dict, tmp_path: Path) -> None:
+    """The default digit sizes are digit_side_range(side), and giving them explicitly (or
+    generating again) reproduces the same canvases, for sum and max alike."""
+    assert meta["digit_sizes"] is None
+    assert meta["digit_side_range"] == list(um.digit_side_range(SIDE))
+    again = tmp_path / "again"
+    um.make_ultramnist(
+        again, N_TRAIN, N_VAL, side=SIDE, seed=SEED, mnist_dir=MNIST, workers=1, quiet=True,
+        digit_sizes=um.digit_side_range(SIDE),
+    )  # fmt: skip
+    meta2 = json.loads((again / "meta.json").read_text())
+    assert meta2["canvases"] == meta["canvases"]
+    kw: dict[str, Any] = {"side": 128, "classes": 10, "label": "max", "seed": 7, "quiet": True}
+    runs = []
+    for name in ("m1", "m2"):
+        um.make_ultramnist(tmp_path / name, 10, 2, mnist_dir=MNIST, workers=1, **kw)
+        runs.append(json.loads((tmp_path / name / "meta.json").read_text())["canvases"])
+    assert runs[0] == runs[1]
+    assert sorted(c["label"] for c in runs[0] if c["split"] == "train") == list(range(10))
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
     kw: dict[str, Any] = {"mnist_dir": MNIST, "workers": 1, "quiet": True}
     with pytest.raises(ConfigError, match="classes=7"):
@@ -420,3 +512,29 @@ def test_cli_make_ultramnist(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 2 and "no such MNIST folder" in res.output
+
+
+def test_cli_digit_sizes_and_sum10(tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    base = ["make-ultramnist", "--n-train", "16", "--n-val", "4", "--side", "128"]
+    base += ["--mnist-dir", str(MNIST), "--workers", "2", "-q"]
+    args = base + ["--out", str(out), "--label", "sum10", "--digit-sizes", "16,48"]
+    res = CliRunner().invoke(_cli(), args)
+    assert res.exit_code == 0, res.output
+    assert "20 canvases (16 train, 4 val)" in res.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["classes"] == 10 and meta["label"] == "digit sum (sums 0..9 only)"
+    assert meta["digit_sizes"] == [16, 48]
+    for c in meta["canvases"]:
+        assert c["label"] == sum(c["digits"]) <= 9
+        assert all(16 <= b[2] <= 48 for b in c["boxes"])
+    rows = read_manifest(str(out / "manifest.csv"), num_classes=10)
+    counts = np.bincount([r.label for r in rows if r.fold == 0], minlength=10)
+    assert len(counts) == 10 and set(counts.tolist()) == {1, 2}  # balanced: 16 = 10 + 6
+    for bad, msg in (("16", "--digit-sizes '16': give MIN,MAX"), ("4,48", "8 <= MIN <= MAX")):
+        res = CliRunner().invoke(
+            _cli(), [*base, "--out", str(tmp_path / bad), "--digit-sizes", bad]
+        )
+        assert res.exit_code == 2
+        lines = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and msg in lines[0], res.output

@@ -75,10 +75,12 @@ def _images(shapes: list[tuple[int, int]], seed: int = 0) -> list[Tensor]:
     return [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in shapes]
 
 
-def _tiny_model(backbone: nn.Module | None = None, background: str = "zero") -> PatchGDModel:
+def _tiny_model(
+    backbone: nn.Module | None = None, background: str = "zero", norm: str = "batch"
+) -> PatchGDModel:
     backbone = backbone if backbone is not None else TinyNet(8)
     head = PooledHead(backbone.out_dim, 3, channels=8, n_convs=2, dropout=0.0)  # type: ignore[arg-type]
-    return PatchGDModel(backbone, head, background=background)
+    return PatchGDModel(backbone, head, background=background, norm=norm)
 
 
 def _grads(module: nn.Module) -> dict[str, Tensor]:
@@ -117,7 +119,7 @@ def test_accumulated_gradients_equal_full_image_gradient(epsilon_is_zeta: bool) 
     torch.manual_seed(0)
     backbone = TinyNet(8)
     _randomize_norms(backbone)
-    model = _tiny_model(backbone, background="learned").double()
+    model = _tiny_model(backbone, background="learned", norm="frozen").double()
     with torch.no_grad():
         model.background.normal_()
     tissue = np.ones((2, 4, 4), dtype=bool)
@@ -132,8 +134,9 @@ def test_accumulated_gradients_equal_full_image_gradient(epsilon_is_zeta: bool) 
     model.zero_grad(set_to_none=True)
     result = train_batch(
         model, None, source, [0, 1], labels, PermutationSampler(), k, zeta, epsilon,
-        np.random.default_rng(7), F.cross_entropy, fill_batch_size=5, eval_norm=True,
+        np.random.default_rng(7), F.cross_entropy, fill_batch_size=5,
     )  # fmt: skip
+    # the frozen policy refreshed the running statistics before the fill, then nothing moved
     assert result["optimizer_steps"] == 0 and result["grad_patches"] == 2 * k * zeta
     backbone_acc, head_acc = _grads(model.backbone), _grads(model.head)
     background_acc = model.background.grad.clone()  # type: ignore[union-attr]
@@ -157,6 +160,7 @@ def test_accumulated_gradients_equal_full_image_gradient(epsilon_is_zeta: bool) 
     )
     for loss in result["losses"]:  # every inner iteration sees the full-image latent
         assert loss == pytest.approx(full_loss.item(), rel=1e-12)
+    torch.testing.assert_close(result["latent"], z.detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_only_sampled_patches_carry_gradient() -> None:
@@ -245,11 +249,11 @@ def test_patches_are_written_at_their_own_cell_on_a_non_square_grid() -> None:
         model, None, source, [0], torch.tensor([0]), PermutationSampler(), 4, 4, 4,
         np.random.default_rng(5), F.cross_entropy, 4,
     )  # fmt: skip
+    written = torch.zeros(3, 5, dtype=torch.bool)
     for j, zj in enumerate(seen):
         rows, cols = source.grid(0).coords(result["sampled"][j][0])
-        written = torch.zeros(3, 5, dtype=torch.bool)
-        written[rows, cols] = True
-        assert torch.equal(zj[0, 1] == 1000.0, written)  # exactly the sampled cells, untransposed
+        written[rows, cols] = True  # this iteration's cells, and (persisting) every earlier one's
+        assert torch.equal(zj[0, 1] == 1000.0, written)  # exactly those cells, untransposed
         torch.testing.assert_close(zj[0, 0], expected)
 
 
@@ -313,17 +317,16 @@ def test_optimizer_steps_every_epsilon_and_at_the_end() -> None:
         )  # fmt: skip
 
 
-def test_fill_mode_keeps_batchnorm_statistics_unless_asked() -> None:
+def test_fill_moves_batchnorm_statistics_only_under_the_batch_policy() -> None:
     source = TensorPatchSource(_images([(32, 32)]), 16)
-    for fill_train_mode in (False, True):
-        model = _tiny_model()
-        model.fill_train_mode = fill_train_mode
+    for policy in ("batch", "frozen"):
+        model = _tiny_model(norm=policy)
         model.train()
         norm = model.backbone.get_submodule("body.1")
         assert isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None
         before = norm.running_mean.clone()
         model.fill_latent(source, [0], batch_size=4)
-        assert torch.equal(before, norm.running_mean) != fill_train_mode
+        assert torch.equal(before, norm.running_mean) != (policy == "batch")
         assert model.backbone.training
 
 

@@ -139,7 +139,7 @@ def test_config_errors(tiny_dataset: Path) -> None:
     assert r.returncode == 2 and "'optim.lrr' is unknown; did you mean 'optim.lr'" in r.stderr
     r = cli("train", c, "model.num_classes=1", "output.dir=runs/e1")
     assert r.returncode == 2 and "label 1 outside the classes 0..0" in r.stderr
-    r = cli("train", c, "output.dir=runs/e2", "--memory-budget", "20MB")
+    r = cli("train", c, "output.dir=runs/e2", "--memory-budget", "5MB")
     assert r.returncode == 2 and "too small for k=1" in r.stderr
     r = cli("train", c, "output.dir=runs/full")  # exists already (module fixture ran first)
     with pytest.raises(ConfigError, match="unknown"):

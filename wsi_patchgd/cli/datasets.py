@@ -19,15 +19,24 @@ from . import one_line_errors
     type=click.Choice(["28", "10"]),
     default="28",
     show_default=True,
-    help="28: label = digit sum; 10: label = digit sum mod 10 (or the largest digit with "
-    "--label max).",
+    help="28: label = digit sum; 10: label = digit sum mod 10 (--label max and sum10 always "
+    "have 10).",
 )
 @click.option(
     "--label",
-    type=click.Choice(["sum", "max"]),
+    type=click.Choice(["sum", "max", "sum10"]),
     default="sum",
     show_default=True,
-    help="sum: the paper's digit sum; max: the largest digit (10 classes).",
+    help="sum: the paper's digit sum (28 classes, or mod 10); max: the largest digit (10 "
+    "classes); sum10: the paper's 10-class variant, digit sum of digit sets summing to 0..9, "
+    "digits 1x..9x of 28 px at 512 px.",
+)
+@click.option(
+    "--digit-sizes",
+    default=None,
+    metavar="MIN,MAX",
+    help="Smallest and largest digit side on the canvas, pixels, e.g. 16,48 (default: "
+    "max(8, side/40)..side/2; for --label sum10 28..252 scaled by side/512).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of pools, labels and layouts."
@@ -49,6 +58,7 @@ def make_ultramnist_command(
     side: int,
     classes: str,
     label: str,
+    digit_sizes: str | None,
     seed: int,
     mnist_dir: str | None,
     patch_size: int,
@@ -58,14 +68,24 @@ def make_ultramnist_command(
 ) -> None:
     """Generate UltraMNIST canvases (3-5 MNIST digits, label = their sum) into stores."""
     from ..datasets.ultramnist import make_ultramnist
+    from ..errors import ConfigError
 
+    sizes: tuple[int, int] | None = None
+    if digit_sizes is not None:
+        parts = digit_sizes.replace(" ", "").split(",")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ConfigError(
+                f"--digit-sizes {digit_sizes!r}: give MIN,MAX digit sides in pixels, e.g. 16,48"
+            )
+        sizes = (int(parts[0]), int(parts[1]))
     manifest = make_ultramnist(
         out,
         n_train,
         n_val,
         side=side,
-        classes=10 if label == "max" else int(classes),
+        classes=10 if label in ("max", "sum10") else int(classes),
         label=label,
+        digit_sizes=sizes,
         seed=seed,
         mnist_dir=mnist_dir,
         patch_size=patch_size,

@@ -9,8 +9,12 @@ One canvas:
 - a black square of side ``S`` with 3 to 5 white MNIST digits on it;
 - **label** = sum of its digits, 0..27 (``classes=28``, the paper's task). Only digit sets
   whose sum is at most 27 are used, so 4 and 5 digits never exceed the 28 classes.
-  ``classes=10`` is a 10-class variant in which **label = sum mod 10** (note: the PatchGD
-  reference generator's 10-class variant instead keeps only digit sets summing to 0..9);
+  ``classes=10`` is a 10-class variant in which **label = sum mod 10**;
+  ``label="sum10"`` (with ``classes=10``) is the 10-class variant of the PatchGD paper and its
+  reference generator (nyunAI/PatchGD, ``START_SUM=0, END_SUM=9`` on 512 px canvases):
+  **label = sum of the digits**, only digit sets summing to 0..9 being used (so they hold many
+  zeros: 0,0,0 is a canvas of label 0), with digits of 1x..9x MNIST's 28 px by default (see
+  :func:`paper_digit_side_range`);
   ``label="max"`` (with ``classes=10``) is a variant in which **label = the largest digit**
   on the canvas: a task whose answer often sits in one small digit, so it needs the full
   resolution as the sum does, but that a network learns in far fewer steps;
@@ -18,7 +22,9 @@ One canvas:
   classes (so every class appears n // classes or one more times), and each canvas takes
   a digit multiset drawn uniformly among the multisets of 3-5 digits with that label, as in the
   reference generator (so most canvases hold 5 digits);
-- digit sides lie between ``max(8, S/40)`` and ``S/2`` pixels (up to 20x apart), drawn
+- digit sides lie between ``max(8, S/40)`` and ``S/2`` pixels (up to 20x apart;
+  :func:`digit_side_range`), or in the range ``digit_sizes`` gives, or for ``label="sum10"``
+  in the paper's ``28 S/512`` .. ``252 S/512`` (28..252 px on 512 px canvases); drawn
   log-uniformly with a V-shaped weight that favours the extremes 5:1 over the middle (the
   reference generator's scale distribution is V-shaped too); digits are scaled from 28 x 28
   with area averaging when shrunk and bilinear interpolation when enlarged;
@@ -74,6 +80,7 @@ __all__ = [
     "digit_side_range",
     "load_mnist",
     "make_ultramnist",
+    "paper_digit_side_range",
     "read_idx",
     "render_canvas",
     "resize_digit",
@@ -92,6 +99,10 @@ MIN_DIGITS, MAX_DIGITS = 3, 5
 #: Smallest canvas side accepted.
 MIN_SIDE = 64
 MNIST_SIDE = 28
+#: Smallest digit side accepted in ``digit_sizes``.
+MIN_DIGIT_SIDE = 8
+#: The paper's 10-class canvases (``label="sum10"``): side, and digit scales 1x..9x of 28 px.
+PAPER_SIDE, PAPER_SCALES = 512, (1, 9)
 MNIST_URL = "https://yann.lecun.com/exdb/mnist/ (or a mirror, e.g. torchvision's)"
 
 _IDX_DTYPES: dict[int, str] = {
@@ -325,7 +336,7 @@ class Canvas:
     Attributes:
         slide_id: ``um-<split>-<i>``.
         split: ``train`` or ``val``.
-        label: the class (digit sum, or digit sum mod 10).
+        label: the class (digit sum, digit sum mod 10, or largest digit).
         digit_sum: sum of the digits.
         digits: digit values, in placement order.
         mnist_set: the MNIST file the digits come from (``train`` or ``t10k``).
@@ -349,17 +360,50 @@ class Canvas:
 
 
 def digit_side_range(side: int) -> tuple[int, int]:
-    """Smallest and largest digit side on a canvas of ``side`` pixels."""
-    return max(8, round(side / 40)), side // 2
+    """Smallest and largest digit side on a canvas of ``side`` pixels (the default)."""
+    return max(MIN_DIGIT_SIDE, round(side / 40)), side // 2
+
+
+def paper_digit_side_range(side: int) -> tuple[int, int]:
+    """The paper's digit sides for ``label="sum10"``: 1x..9x of 28 px on a 512 px canvas
+    (28..252 px), in proportion on other sides (at least :data:`MIN_DIGIT_SIDE`)."""
+    lo, hi = (round(MNIST_SIDE * f * side / PAPER_SIDE) for f in PAPER_SCALES)
+    return max(MIN_DIGIT_SIDE, lo), max(MIN_DIGIT_SIDE, hi)
+
+
+def check_digit_sizes(digit_sizes: Any, side: int) -> tuple[int, int]:
+    """``digit_sizes`` as ``(min, max)`` after checking ``8 <= min <= max <= side``.
+
+    Raises:
+        ConfigError: not two integers, or out of range (one line naming the option).
+    """
+    try:
+        lo, hi = (int(v) for v in digit_sizes)
+        if (lo, hi) != tuple(digit_sizes):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"digit_sizes={digit_sizes!r} (--digit-sizes): give two integers MIN,MAX, the "
+            "smallest and largest digit side in canvas pixels"
+        ) from None
+    if not MIN_DIGIT_SIDE <= lo <= hi <= side:
+        raise ConfigError(
+            f"digit_sizes={lo},{hi} (--digit-sizes): need {MIN_DIGIT_SIDE} <= MIN <= MAX <= "
+            f"side ({side} px)"
+        )
+    return lo, hi
 
 
 def _multisets(classes: int, label: str = "sum") -> list[list[tuple[int, ...]]]:
-    """Digit multisets of 3-5 digits with sum <= 27, grouped by label."""
+    """Digit multisets of 3-5 digits with sum <= 27 (<= 9 for ``sum10``), grouped by label."""
     out: list[list[tuple[int, ...]]] = [[] for _ in range(classes)]
     for k in range(MIN_DIGITS, MAX_DIGITS + 1):
         for combo in combinations_with_replacement(range(10), k):
             s = sum(combo)
-            if s <= 27:
+            if label == "sum10":
+                if s <= 9:
+                    out[s].append(combo)
+            elif s <= 27:
                 if label == "max":
                     out[max(combo)].append(combo)
                 else:
@@ -367,12 +411,14 @@ def _multisets(classes: int, label: str = "sum") -> list[list[tuple[int, ...]]]:
     return out
 
 
-LABELS = ("sum", "max")
+LABELS = ("sum", "max", "sum10")
 
 
 def label_name(classes: int, label: str) -> str:
     if label == "max":
         return "largest digit"
+    if label == "sum10":
+        return "digit sum (sums 0..9 only)"
     return "digit sum" if classes == 28 else "digit sum mod 10"
 
 
@@ -420,6 +466,7 @@ def _layout(
     multisets: list[list[tuple[int, ...]]],
     pools: MnistPools,
     by_digit: list[np.ndarray],
+    sizes: tuple[int, int] | None = None,
 ) -> Canvas:
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLITS.index(split), index]))
     options = multisets[label]
@@ -431,7 +478,7 @@ def _layout(
         pick = rng.choice(by_digit[d], size=len(where), replace=len(by_digit[d]) < len(where))
         for k, v in zip(where, pick, strict=True):
             mnist_index[k] = int(v)
-    lo, hi = digit_side_range(side)
+    lo, hi = sizes if sizes is not None else digit_side_range(side)
     for _ in range(LAYOUT_TRIES):
         boxes = _place(rng, _sample_sides(rng, len(digits), lo, hi), side)
         if boxes is not None:
@@ -447,7 +494,8 @@ def _layout(
             )
     raise ConfigError(
         f"um-{split}-{index}: could not place {len(digits)} non-overlapping digits of "
-        f"{lo}..{hi} px on a {side} px canvas in {LAYOUT_TRIES} tries; use a larger side"
+        f"{lo}..{hi} px on a {side} px canvas in {LAYOUT_TRIES} tries; use a larger side or "
+        "smaller digit_sizes (--digit-sizes)"
     )
 
 
@@ -640,10 +688,18 @@ class _Generator:
         classes: int,
         options: ConvertOptions,
         label: str = "sum",
+        digit_sizes: tuple[int, int] | None = None,
     ) -> None:
         self.stores, self.pools, self.seed = stores, pools, seed
         self.side, self.classes, self.options = side, classes, options
         self.label = label
+        self.digit_sizes = digit_sizes
+        if digit_sizes is not None:
+            self.sizes = check_digit_sizes(digit_sizes, side)
+        elif label == "sum10":
+            self.sizes = paper_digit_side_range(side)
+        else:
+            self.sizes = digit_side_range(side)
         self.multisets = _multisets(classes, label)
         self.by_digit = {s: pools.by_digit(s) for s in _SPLITS}
 
@@ -656,6 +712,7 @@ class _Generator:
             "side": self.side,
             "classes": self.classes,
             "label": self.label,
+            "digit_sizes": self.digit_sizes,
             "patch_size": self.options.patch_size,
         }
 
@@ -670,6 +727,7 @@ class _Generator:
             self.multisets,
             self.pools,
             self.by_digit[split],
+            self.sizes,
         )
         gray = render_canvas(c, self.side, self.pools)
         write_image_store(
@@ -682,6 +740,7 @@ class _Generator:
                 "seed": self.seed,
                 "classes": self.classes,
                 "label": label_name(self.classes, self.label),
+                "digit_side_range": list(self.sizes),
             },
         )
         return c
@@ -694,7 +753,14 @@ def _init_worker(spec: dict[str, Any]) -> None:
     pools = load_mnist(spec["mnist_dir"], spec["seed"])
     options = ConvertOptions(patch_size=spec["patch_size"])
     _WORKER["gen"] = _Generator(
-        spec["stores"], pools, spec["seed"], spec["side"], spec["classes"], options, spec["label"]
+        spec["stores"],
+        pools,
+        spec["seed"],
+        spec["side"],
+        spec["classes"],
+        options,
+        spec["label"],
+        spec["digit_sizes"],
     )
 
 
@@ -711,6 +777,7 @@ def make_ultramnist(
     classes: int = 28,
     seed: int = 0,
     label: str = "sum",
+    digit_sizes: tuple[int, int] | None = None,
     mnist_dir: str | os.PathLike[str] | None = None,
     patch_size: int = 32,
     workers: int | None = None,
@@ -730,8 +797,12 @@ def make_ultramnist(
         n_val: validation canvases.
         side: canvas side in pixels (a multiple of ``patch_size`` keeps every patch whole).
         classes: 28 (label = digit sum, 0..27) or 10 (label = digit sum mod 10).
-        label: ``"sum"`` (as ``classes`` says) or ``"max"`` (the largest digit; needs
-            ``classes=10``).
+        label: ``"sum"`` (as ``classes`` says), ``"max"`` (the largest digit; needs
+            ``classes=10``) or ``"sum10"`` (the paper's 10 classes: the digit sum, only digit
+            sets summing to 0..9; needs ``classes=10``).
+        digit_sizes: ``(min, max)`` digit side in canvas pixels, ``8 <= min <= max <= side``
+            (default: :func:`digit_side_range`, or :func:`paper_digit_side_range` for
+            ``label="sum10"``). Recorded in ``meta.json`` and every store's ``source``.
         seed: seed of everything (pools, labels, digits, sizes, positions).
         mnist_dir: folder of the MNIST IDX files (default: ``$WSI_PATCHGD_MNIST`` or
             ``<repo>/../shared/data/mnist``).
@@ -758,10 +829,14 @@ def make_ultramnist(
         raise ConfigError(f"label={label!r}: use one of {', '.join(LABELS)}")
     if label == "max" and classes != 10:
         raise ConfigError("label=max (the largest digit) has 10 classes: pass classes=10")
+    if label == "sum10" and classes != 10:
+        raise ConfigError("label=sum10 (digit sums 0..9) has 10 classes: pass classes=10")
     if n_train < 0 or n_val < 0 or n_train + n_val == 0:
         raise ConfigError(f"n_train={n_train}, n_val={n_val}: need >= 0 each and >= 1 in all")
     if side < MIN_SIDE:
         raise ConfigError(f"side={side}: canvases must be at least {MIN_SIDE} px")
+    if digit_sizes is not None:
+        digit_sizes = check_digit_sizes(digit_sizes, side)
     try:
         options = ConvertOptions(patch_size=patch_size)
     except WsiPatchGDError as exc:
@@ -774,7 +849,7 @@ def make_ultramnist(
         blocks = [rng.permutation(classes) for _ in range(-(-n // classes))]
         labels = np.concatenate(blocks)[:n] if blocks else np.zeros(0, np.int64)
         jobs.extend((split, i, int(labels[i])) for i in range(n))
-    gen = _Generator(str(out_p / "stores"), pools, seed, side, classes, options, label)
+    gen = _Generator(str(out_p / "stores"), pools, seed, side, classes, options, label, digit_sizes)
     for split, n_s in zip(_SPLITS, (n_train, n_val), strict=True):
         empty = [d for d in range(10) if not len(gen.by_digit[split][d])]
         if n_s and empty:
@@ -820,7 +895,8 @@ def make_ultramnist(
         "classes": classes,
         "label": label_name(classes, label),
         "patch_size": patch_size,
-        "digit_side_range": list(digit_side_range(side)),
+        "digit_sizes": None if digit_sizes is None else list(digit_sizes),
+        "digit_side_range": list(gen.sizes),
         "digits_per_canvas": [MIN_DIGITS, MAX_DIGITS],
         "mnist": {
             "dir": str(Path(mnist_dir) if mnist_dir is not None else default_mnist_dir()),

@@ -27,6 +27,7 @@ from wsi_patchgd.engine.patchgd import LossFn, PatchSource, maybe_autocast
 from wsi_patchgd.errors import ConfigError
 from wsi_patchgd.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_feature_map
 from wsi_patchgd.models.heads import PooledHead
+from wsi_patchgd.models.norm import batchnorm_to_groupnorm, check_policy
 
 __all__ = ["GDModel", "GDStepResult", "gd_predict", "gd_train_batch", "load_image"]
 
@@ -54,6 +55,10 @@ class GDModel(nn.Module):
         dropout: Head ``Dropout2d`` probability.
         mean: Per-channel mean of ``[0, 1]`` inputs.
         std: Per-channel standard deviation.
+        norm: The PatchGD run's normalisation policy, for a like-for-like baseline: ``group``
+            replaces the BatchNorm layers by GroupNorm as in PatchGD; ``batch`` and ``frozen``
+            keep standard BatchNorm (train mode in training, running statistics at
+            evaluation: with whole images in a batch the two phases see the same inputs).
 
     Raises:
         ConfigError: Unknown backbone, bad weights, or a non-positive size.
@@ -74,13 +79,17 @@ class GDModel(nn.Module):
         dropout: float = 0.2,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
+        self.norm = check_policy(norm)
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2 or min(size) < 1:
             raise ConfigError(f"image_size={image_size} must be a positive int or (h, w)")
         self.image_size = (int(size[0]), int(size[1]))
         self.features = build_feature_map(backbone_name, weights)
+        if self.norm == "group":
+            batchnorm_to_groupnorm(self.features)
         self.proj = nn.Conv2d(self.features.channels, out_dim, kernel_size=1)
         self.head = PooledHead(out_dim, num_classes, head_channels, n_convs, dropout)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -132,6 +141,7 @@ class GDStepResult(TypedDict):
     logits: list[Tensor]
     optimizer_steps: int
     grad_forward_calls: int
+    lrs: list[float]
 
 
 def gd_train_batch(
@@ -144,6 +154,7 @@ def gd_train_batch(
     epsilon: int = 1,
     micro_batch_size: int | None = None,
     autocast_dtype: torch.dtype | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> GDStepResult:
     """One GD batch, split in micro-batches with gradient accumulation.
 
@@ -164,6 +175,7 @@ def gd_train_batch(
         epsilon: Micro-batches per optimizer step.
         micro_batch_size: Images per forward pass.
         autocast_dtype: Optional autocast dtype.
+        scheduler: Learning-rate scheduler stepped after every optimizer step.
 
     Returns:
         The :class:`GDStepResult`.
@@ -183,7 +195,9 @@ def gd_train_batch(
         optimizer.zero_grad(set_to_none=True)
     starts = list(range(0, len(images), size))
     groups = [starts[i : i + epsilon] for i in range(0, len(starts), epsilon)]
-    result = GDStepResult(loss=0.0, losses=[], logits=[], optimizer_steps=0, grad_forward_calls=0)
+    result = GDStepResult(
+        loss=0.0, losses=[], logits=[], optimizer_steps=0, grad_forward_calls=0, lrs=[]
+    )
     all_logits = []
     for group in groups:
         group_images = sum(min(size, len(images) - s) for s in group)
@@ -200,8 +214,11 @@ def gd_train_batch(
             result["losses"].append(float(loss.detach()))
             all_logits.append(logits.detach().cpu())
         if optimizer is not None:
+            result["lrs"].append(float(optimizer.param_groups[0]["lr"]))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
             result["optimizer_steps"] += 1
     weights = [min(size, len(images) - s) for s in starts]
     result["loss"] = float(np.average(result["losses"], weights=weights))

@@ -6,10 +6,14 @@ One training batch (:func:`train_batch`):
    every tissue patch in storage order (batches span images) and each D-vector is written at
    its own grid cell; background cells hold the background vector; cells outside an image's
    grid (padding to the batch's largest grid) are masked out.
-2. ``zeta`` inner iterations: ``Z`` is detached and cloned; the sampler's ``k`` patches per image
-   are recomputed by ``f`` *with* gradient and written at their own ``(row, col)`` cells;
-   ``loss = loss_fn(g(Z, mask), y) / epsilon``; backward. The optimizer steps every ``epsilon``
-   iterations and after the last one.
+2. ``zeta`` inner iterations: ``Z`` is detached; the sampler's ``k`` patches per image are
+   recomputed by ``f`` *with* gradient and written at their own ``(row, col)`` cells, in place,
+   so they stay in ``Z`` (detached) for the following iterations, as in the reference code;
+   ``loss = loss_fn(g(Z, mask), y) / epsilon``; backward. The optimizer (and the learning-rate
+   scheduler) steps every ``epsilon`` iterations and after the last one.
+
+The backbone's normalisation follows one policy in every phase (``PatchGDModel.norm``, see
+:mod:`wsi_patchgd.models.norm`).
 
 Inference (:func:`predict`): fill ``Z`` from all tissue patches, apply the head once.
 """
@@ -29,9 +33,16 @@ from torch import Tensor, nn
 from wsi_patchgd.errors import ConfigError
 from wsi_patchgd.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from wsi_patchgd.models.heads import build_head
+from wsi_patchgd.models.norm import (
+    batchnorm_to_groupnorm,
+    check_policy,
+    phase_mode,
+    refresh_statistics,
+)
 from wsi_patchgd.sampling import PatchGrid, Sampler
 
 __all__ = [
+    "DEFAULT_NORM",
     "Latent",
     "LossFn",
     "PatchGDModel",
@@ -48,6 +59,7 @@ __all__ = [
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+DEFAULT_NORM = "batch"  #: the policy measured best (DESIGN §2)
 
 
 @runtime_checkable
@@ -135,7 +147,11 @@ class Latent:
 
 @contextmanager
 def backbone_modes(module: nn.Module, train: bool, eval_norm: bool = False) -> Iterator[None]:
-    """Set ``module`` to train/eval mode (BatchNorm in eval if ``eval_norm``), then restore."""
+    """Set ``module`` to train/eval mode (BatchNorm in eval if ``eval_norm``), then restore.
+
+    A low-level helper (tests); training uses the model's policy through
+    :func:`~wsi_patchgd.models.norm.phase_mode`.
+    """
     saved = [(m, m.training) for m in module.modules()]
     module.train(train)
     if train and eval_norm:
@@ -166,9 +182,10 @@ class PatchGDModel(nn.Module):
         head: ``forward(z, mask) -> logits``.
         latent_dim: D; default ``backbone.out_dim``.
         background: ``"zero"`` (fixed zero vector) or ``"learned"`` (a parameter, initialised to 0).
-        fill_train_mode: Keep the backbone in train mode while filling Z during training (the
-            reference code's behaviour: BatchNorm running statistics move on gradient-free
-            passes). Inference always fills in eval mode.
+        norm: Normalisation policy of the backbone in every phase: ``"frozen"``, ``"batch"``
+            or ``"group"`` (see :mod:`wsi_patchgd.models.norm`; ``"group"`` replaces the
+            backbone's BatchNorm layers by GroupNorm here). Inference always runs in eval
+            mode.
         mean: Per-channel mean of ``[0, 1]`` inputs (ImageNet by default).
         std: Per-channel standard deviation.
 
@@ -186,7 +203,7 @@ class PatchGDModel(nn.Module):
         head: nn.Module,
         latent_dim: int | None = None,
         background: str = "zero",
-        fill_train_mode: bool = False,
+        norm: str = DEFAULT_NORM,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
@@ -196,10 +213,12 @@ class PatchGDModel(nn.Module):
             raise ConfigError("PatchGDModel needs latent_dim (the backbone's output width)")
         if background not in ("zero", "learned"):
             raise ConfigError(f"background={background!r} is invalid; use 'zero' or 'learned'")
+        self.norm = check_policy(norm)
+        if self.norm == "group":
+            batchnorm_to_groupnorm(backbone)
         self.backbone = backbone
         self.head = head
         self.latent_dim = dim
-        self.fill_train_mode = fill_train_mode
         self.learned_background = background == "learned"
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -252,10 +271,9 @@ class PatchGDModel(nn.Module):
         valid, background = valid.to(self.device), (valid & ~tissue).to(self.device)
         z = self.mean.new_zeros(len(grids), self.latent_dim, n_h, n_w)
         count = 0
-        train = self.training and self.fill_train_mode
         with (
             nullcontext() if grad else torch.no_grad(),
-            nullcontext() if grad else backbone_modes(self.backbone, train),
+            nullcontext() if grad else phase_mode(self.backbone, self.norm, self.training),
             maybe_autocast(self.device, autocast_dtype),
         ):
             z = self.with_background(z, background)
@@ -286,8 +304,8 @@ class PatchGDModel(nn.Module):
         Tissue patches run through the backbone in storage order, ``batch_size`` at a time
         across images; background cells are never run and hold the background vector; cells
         outside an image's grid are zero and masked out. Without ``grad`` this runs under
-        ``torch.no_grad()`` with the backbone in eval mode (train mode if ``fill_train_mode``
-        and the model is training).
+        ``torch.no_grad()`` with the backbone in the mode its ``norm`` policy gives the phase
+        (eval mode unless the model is training under the ``batch`` or ``group`` policy).
 
         Args:
             source: Where patches are read.
@@ -317,7 +335,8 @@ class PatchGDModel(nn.Module):
         ``DistributedDataParallel`` wrap the model.
 
         Args:
-            z: Latent ``(B, D, n_h, n_w)``, detached; written in place.
+            z: Latent ``(B, D, n_h, n_w)``, detached; the fresh features are written into it
+                in place (so they persist in the caller's Z).
             mask: Valid cells ``(B, n_h, n_w)``.
             patches: uint8 patches to recompute with gradient (``None``: none).
             cells: ``(b, rows, cols)`` per image, the cells of ``patches`` in order.
@@ -327,10 +346,10 @@ class PatchGDModel(nn.Module):
         Returns:
             Logits ``(B, C)``.
         """
-        if background_cells is not None and self.learned_background:
-            z = self.with_background(z, background_cells)
         if patches is not None:
             z = _write(z, cells, self.embed(patches))
+        if background_cells is not None and self.learned_background:
+            z = self.with_background(z, background_cells)
         return self.head(z, mask)
 
 
@@ -386,6 +405,9 @@ class StepResult(TypedDict):
         grad_forward_calls: Backbone calls with gradient (one per inner iteration).
         grad_patches: Patches run through the backbone with gradient (``<= B * k * zeta``).
         fill_patches: Patches run through the backbone without gradient to fill Z.
+        lrs: Learning rate of each optimizer step (the rate the step used).
+        latent: The latent ``Z`` at the end of the batch, detached: the filled features with
+            every recomputed patch's fresh features written over them.
     """
 
     loss: float
@@ -396,6 +418,8 @@ class StepResult(TypedDict):
     grad_forward_calls: int
     grad_patches: int
     fill_patches: int
+    lrs: list[float]
+    latent: Tensor
 
 
 def train_batch(
@@ -412,7 +436,8 @@ def train_batch(
     loss_fn: LossFn,
     fill_batch_size: int,
     autocast_dtype: torch.dtype | None = None,
-    eval_norm: bool = False,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    refresh_norm: bool = True,
 ) -> StepResult:
     """One PatchGD batch: fill Z, then ``zeta`` inner iterations (DESIGN §2).
 
@@ -433,7 +458,10 @@ def train_batch(
         loss_fn: ``loss_fn(logits, labels) -> scalar``.
         fill_batch_size: Patches per backbone call while filling Z.
         autocast_dtype: Optional autocast dtype (e.g. ``torch.bfloat16``).
-        eval_norm: Keep the backbone's BatchNorm layers in eval mode in the inner iterations.
+        scheduler: Learning-rate scheduler stepped after every optimizer step.
+        refresh_norm: Under the ``frozen`` policy, refresh the BatchNorm running statistics
+            from the first inner iteration's patches before the fill (see
+            :func:`~wsi_patchgd.models.norm.refresh_statistics`).
 
     Returns:
         The :class:`StepResult`.
@@ -451,8 +479,14 @@ def train_batch(
     labels = labels.to(net.device)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
+    plans = [sampler.plan(source.grid(i), k, zeta, rng) for i in images]
+    if net.norm == "frozen" and refresh_norm:
+        first = [(images[b], plans[b][0]) for b in range(len(images)) if plans[b][0].size]
+        if sum(idx.size for _, idx in first) >= 2:
+            x = torch.cat([source.read(i, idx) for i, idx in first])
+            with maybe_autocast(net.device, autocast_dtype):
+                refresh_statistics(net.backbone, net.normalize(x))
     latent, fill_patches = net.fill(source, images, fill_batch_size, False, autocast_dtype)
-    plans = [sampler.plan(grid, k, zeta, rng) for grid in latent.grids]
     _announce(
         source,
         [
@@ -464,9 +498,11 @@ def train_batch(
     )
     result = StepResult(
         loss=0.0, losses=[], logits=[], sampled=[], optimizer_steps=0,
-        grad_forward_calls=0, grad_patches=0, fill_patches=fill_patches,
+        grad_forward_calls=0, grad_patches=0, fill_patches=fill_patches, lrs=[],
+        latent=latent.z,
     )  # fmt: skip
-    with backbone_modes(net.backbone, True, eval_norm):
+    z = latent.z
+    with phase_mode(net.backbone, net.norm, True):
         for j in range(zeta):
             chunk = [(b, plans[b][j]) for b in range(len(images)) if plans[b][j].size]
             patches = (
@@ -476,8 +512,8 @@ def train_batch(
             if patches is not None:
                 result["grad_forward_calls"] += 1
                 result["grad_patches"] += patches.shape[0]
+            z = z.detach()  # the fresh features of earlier iterations stay, without gradient
             with maybe_autocast(net.device, autocast_dtype):
-                z = latent.z.detach().clone()
                 logits = model(z, latent.valid, patches, cells, latent.background)
             if autocast_dtype is not None:
                 logits = logits.float()
@@ -487,10 +523,14 @@ def train_batch(
             result["logits"].append(logits.detach().cpu())
             result["sampled"].append([plans[b][j] for b in range(len(images))])
             if optimizer is not None and ((j + 1) % epsilon == 0 or j == zeta - 1):
+                result["lrs"].append(float(optimizer.param_groups[0]["lr"]))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if scheduler is not None:
+                    scheduler.step()
                 result["optimizer_steps"] += 1
     result["loss"] = float(np.mean(result["losses"]))
+    result["latent"] = z.detach()
     return result
 
 
@@ -537,7 +577,6 @@ class PatchGDTrainer:
     loss_fn: LossFn
     fill_batch_size: int = 256
     autocast_dtype: torch.dtype | None = None
-    eval_norm: bool = False
 
     def train_batch(
         self,
@@ -547,12 +586,13 @@ class PatchGDTrainer:
         images: Sequence[int],
         labels: Tensor,
         rng: np.random.Generator,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> StepResult:
         """:func:`train_batch` with this trainer's settings."""
         return train_batch(
             model, optimizer, source, images, labels, self.sampler, self.k, self.zeta,
             self.epsilon, rng, self.loss_fn, self.fill_batch_size, self.autocast_dtype,
-            self.eval_norm,
+            scheduler,
         )  # fmt: skip
 
     def predict(self, model: nn.Module, source: PatchSource, images: Sequence[int]) -> Tensor:
@@ -569,7 +609,7 @@ def build_patchgd_model(
     weights: str | None = None,
     checkpointing: bool = False,
     background: str = "zero",
-    fill_train_mode: bool = False,
+    norm: str = DEFAULT_NORM,
     head_channels: int = 256,
     n_convs: int = 4,
     dropout: float = 0.2,
@@ -584,5 +624,5 @@ def build_patchgd_model(
         build_head(head, out_dim, num_classes, grid, head_channels, n_convs, dropout),
         out_dim,
         background,
-        fill_train_mode,
+        norm,
     )

@@ -144,23 +144,61 @@ def _torchvision_model(name: str, weights: str | None) -> nn.Module:
         return torchvision.models.get_model(name, **kwargs)
 
 
-def _remove_classifier(model: nn.Module) -> str:
-    """Replace the final classification layer by ``nn.Identity``; return its qualified name.
+# parameter-free pooling and normalisation inside a classifier block stay (ConvNeXt's
+# LayerNorm2d + Flatten, SqueezeNet's and MaxViT's pooling); every other child goes
+_KEEP_IN_CLASSIFIER = (nn.LayerNorm, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
-    The final layer is the last ``nn.Linear`` or ``nn.Conv2d`` registered in the model
-    (``fc`` in ResNet/RegNet/ShuffleNet/GoogLeNet, ``classifier[-1]`` in MobileNet,
-    EfficientNet, ConvNeXt, VGG, ``classifier`` in DenseNet, ``heads.head`` in ViT, ``head`` in
-    Swin, the 1x1 convolution of SqueezeNet) — true of every torchvision classification model.
+
+def _remove_classifier(model: nn.Module) -> tuple[str, ...]:
+    """Remove the whole classification block of a torchvision model; return what was removed.
+
+    The backbone is a feature extractor (DESIGN §2): no classifier layer and no dropout may be
+    left in it, since dropout inside the backbone would act on the fresh patches of an inner
+    iteration and on nothing else. Removed, per family:
+
+    - ``classifier`` (MobileNet V2/V3, EfficientNet, VGG, AlexNet, DenseNet, SqueezeNet, MNASNet,
+      ConvNeXt, MaxViT): the whole block except its parameter-free pooling, flatten and
+      LayerNorm children (ConvNeXt's ``LayerNorm2d``), so MobileNetV2's ``Dropout(0.2)`` and
+      MobileNetV3's ``Linear -> Hardswish -> Dropout`` go with the last Linear;
+    - ``fc`` and ``dropout`` (ResNet, ResNeXt, Wide ResNet, RegNet, ShuffleNet, GoogLeNet,
+      Inception), ``heads`` (ViT), ``head`` (Swin);
+    - otherwise the last ``nn.Linear`` / ``nn.Conv2d`` registered in the model;
+
+    then every remaining dropout module (``nn.Dropout*``) is replaced by ``nn.Identity``.
+
+    Returns:
+        The qualified names of the removed modules (prefixes of state-dict keys to ignore).
     """
-    last = None
-    for qualified, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            last = qualified
-    if not last:
-        raise ConfigError(f"cannot find the classifier of {type(model).__name__}")
-    parent_name, _, attr = last.rpartition(".")
-    setattr(model.get_submodule(parent_name), attr, nn.Identity())
-    return last
+    removed: list[str] = []
+    block = getattr(model, "classifier", None)
+    if isinstance(block, nn.Sequential):
+        kept: OrderedDict[str, nn.Module] = OrderedDict(
+            (n, c) for n, c in block.named_children() if isinstance(c, _KEEP_IN_CLASSIFIER)
+        )
+        model.classifier = nn.Sequential(kept) if kept else nn.Identity()
+        removed += [f"classifier.{n}" for n, _ in block.named_children() if n not in kept]
+    elif isinstance(block, nn.Module):
+        model.classifier = nn.Identity()
+        removed.append("classifier")
+    for attr in ("fc", "heads", "head", "dropout"):
+        if block is None and isinstance(getattr(model, attr, None), nn.Module):
+            setattr(model, attr, nn.Identity())
+            removed.append(attr)
+    if not removed:
+        last = None
+        for qualified, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                last = qualified
+        if not last:
+            raise ConfigError(f"cannot find the classifier of {type(model).__name__}")
+        parent_name, _, attr = last.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, nn.Identity())
+        removed.append(last)
+    for qualified, module in list(model.named_modules()):
+        if isinstance(module, nn.modules.dropout._DropoutNd) and qualified:
+            parent_name, _, attr = qualified.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, nn.Identity())
+    return tuple(removed)
 
 
 @torch.no_grad()
@@ -218,7 +256,7 @@ def _load_into(
     module.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
 
 
-def _classifier_free(name: str, weights: str | None) -> tuple[nn.Module, str]:
+def _classifier_free(name: str, weights: str | None) -> tuple[nn.Module, tuple[str, ...]]:
     """The torchvision model without its classifier, with weights loaded."""
     model = _torchvision_model(name, weights)
     removed = _remove_classifier(model)
@@ -226,7 +264,7 @@ def _classifier_free(name: str, weights: str | None) -> tuple[nn.Module, str]:
         state = _load_state_file(weights)
         if any(k.startswith("features.") for k in state) and "proj.weight" in state:
             state = {k.removeprefix("features."): v for k, v in state.items()}
-        _load_into(model, state, ignore=(removed + ".", "proj."), src=weights)
+        _load_into(model, state, ignore=(*(r + "." for r in removed), "proj."), src=weights)
     return model, removed
 
 

@@ -54,8 +54,9 @@ class PatchGDConfig:
     epsilon: int | None = None  #: gradient accumulation steps; default = inner_iterations
     sampler: str = "permutation"
     fill_batch_size: int = 64
-    eval_norm: bool = False  #: BatchNorm of the backbone in eval mode in inner iterations
-    fill_train_mode: bool = False  #: reference-code behaviour while filling Z
+    #: backbone normalisation in fill, inner iterations and evaluation alike:
+    #: batch (the reference) | frozen (running statistics, refreshed each batch) | group
+    norm: str = "batch"
     gd_image_size: int = 512  #: GD baseline: images resized to this side
     memory_budget: str | None = None  #: e.g. "4GB": picks k and the fill batch to fit
 
@@ -72,8 +73,23 @@ class OptimConfig:
 class ScheduleConfig:
     epochs: int = 10
     batch_size: int = 2
-    warmup_epochs: int = 2  #: linear warm-up (the paper: 2)
-    scheduler: str = "cosine"  #: cosine | constant
+    #: linear warm-up, in epochs' worth of optimizer steps (the paper: 2); warmup_steps wins
+    warmup_epochs: float = 2.0
+    warmup_steps: int | None = None
+    #: per optimizer step after warm-up: linear (the reference) | cosine | constant
+    scheduler: str = "linear"
+    #: the decay would reach 0 after decay_factor x epochs (the reference: 2, so a run ends
+    #: at about half the peak rate instead of 0)
+    decay_factor: float = 2.0
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, one draw per image (off for validation and prediction)."""
+
+    flips: bool = True  #: horizontal / vertical flips of the whole image (grid and patches)
+    rot90: bool = True  #: quarter turns of the whole image
+    hed_sigma: float = 0.0  #: stain jitter strength in HED space (0: off; 0.03-0.05 typical)
 
 
 @dataclass
@@ -90,6 +106,7 @@ class RunConfig:
     patchgd: PatchGDConfig = field(default_factory=PatchGDConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     seed: int = 0
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
@@ -105,16 +122,21 @@ _CHOICES = {
     "model.background": ("zero", "learned"),
     "patchgd.method": ("patchgd", "gd"),
     "patchgd.sampler": ("permutation", "all", "tissue_weighted"),
+    "patchgd.norm": ("batch", "frozen", "group"),
     "optim.name": ("adam", "adamw", "sgd"),
-    "schedule.scheduler": ("cosine", "constant"),
+    "schedule.scheduler": ("linear", "cosine", "constant"),
     "precision": ("fp32", "bf16"),
 }
 _POSITIVE = {
     "model.num_classes", "model.latent_dim", "model.head_channels", "model.head_convs",
     "patchgd.k", "patchgd.inner_iterations", "patchgd.epsilon", "patchgd.fill_batch_size",
     "patchgd.gd_image_size", "schedule.epochs", "schedule.batch_size", "output.checkpoint_every",
-    "data.patch_size",
+    "data.patch_size", "schedule.warmup_steps",
 }  # fmt: skip
+_RENAMED = {
+    "patchgd.eval_norm": "patchgd.norm (frozen: running statistics in every phase)",
+    "patchgd.fill_train_mode": "patchgd.norm (batch: train mode while filling, the reference)",
+}
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -126,6 +148,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full in _RENAMED:
+            raise ConfigError(f"config key '{full}' was replaced by {_RENAMED[full]}")
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
@@ -199,6 +223,15 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'optim.lr' = {cfg.optim.lr} must be > 0")
     if cfg.schedule.warmup_epochs < 0:
         raise ConfigError("config key 'schedule.warmup_epochs' must be >= 0")
+    if cfg.schedule.decay_factor < 1:
+        raise ConfigError(
+            f"config key 'schedule.decay_factor' = {cfg.schedule.decay_factor} must be >= 1"
+            " (the decay would reach 0 before the run ends)"
+        )
+    if cfg.augment.hed_sigma < 0 or cfg.augment.hed_sigma > 0.5:
+        raise ConfigError(
+            f"config key 'augment.hed_sigma' = {cfg.augment.hed_sigma} must be in [0, 0.5]"
+        )
     if cfg.data.level < 0:
         raise ConfigError("config key 'data.level' must be >= 0")
     if not cfg.data.manifest:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..augment import AugmentConfig as Augmenter
+from ..augment import AugmentedSource
 from ..data import StorePatchSource, read_manifest
 from ..data.manifest import ManifestRow
 from ..engine.gd import GDModel, gd_predict, gd_train_batch
@@ -36,6 +38,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, save_config
 from .memory import MemoryPlan, gd_step_bytes, plan_gd_image_size, plan_memory
 from .metrics import accuracy, confusion, qwk
+from .schedule import build_scheduler, steps_per_epoch
 
 
 @dataclass
@@ -129,6 +132,7 @@ def build(cfg: RunConfig, *, check_stores: bool = True, log: Any = print) -> Set
             m.head_channels,
             m.head_convs,
             m.dropout,
+            norm=p.norm,
         )
         return Setup(
             cfg,
@@ -166,7 +170,7 @@ def build(cfg: RunConfig, *, check_stores: bool = True, log: Any = print) -> Set
         m.weights,
         m.checkpointing,
         m.background,
-        p.fill_train_mode,
+        p.norm,
         m.head_channels,
         m.head_convs,
         m.dropout,
@@ -224,18 +228,22 @@ def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     return cls(params, o.lr, weight_decay=o.weight_decay)
 
 
-def _scheduler(cfg: RunConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    s = cfg.schedule
+def _scheduler(setup: Setup, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-optimizer-step schedule of a run (:mod:`.schedule`)."""
+    s = setup.cfg.schedule
+    gd = setup.cfg.patchgd.method == "gd"
+    per_epoch = steps_per_epoch(
+        len(setup.train_ids), s.batch_size, 1 if gd else setup.zeta, 1 if gd else setup.epsilon
+    )
+    return build_scheduler(
+        opt, per_epoch, s.epochs, s.scheduler, s.warmup_epochs, s.warmup_steps, s.decay_factor
+    )
 
-    def factor(epoch: int) -> float:
-        if epoch < s.warmup_epochs:
-            return (epoch + 1) / (s.warmup_epochs + 1)
-        if s.scheduler == "constant":
-            return 1.0
-        span = max(1, s.epochs - s.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - s.warmup_epochs) / span))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+def augmenter(cfg: RunConfig) -> Augmenter:
+    """The run's augmentation settings (the same for PatchGD and the GD baseline)."""
+    a = cfg.augment
+    return Augmenter(flips=a.flips, rot90=a.rot90, hed_sigma=a.hed_sigma)
 
 
 def evaluate_ids(
@@ -356,9 +364,11 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
     save_config(cfg, out / "config.yaml")
     model = setup.model
     opt = _optimizer(cfg, model)
-    sched = _scheduler(cfg, opt)
+    sched = _scheduler(setup, opt)
     shuffle_rng = np.random.default_rng(cfg.seed)
     sampler_rng = np.random.default_rng(cfg.seed + 1)
+    augment_rng = np.random.default_rng(cfg.seed + 2)
+    augment = augmenter(cfg)
     sampler = build_sampler(cfg.patchgd.sampler)
     start, best = 0, -math.inf
     metrics_path = out / "metrics.jsonl"
@@ -369,6 +379,7 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
         sched.load_state_dict(st["scheduler"])
         shuffle_rng.bit_generator.state = st["rng"]["shuffle"]
         sampler_rng.bit_generator.state = st["rng"]["sampler"]
+        augment_rng.bit_generator.state = st["rng"]["augment"]
         torch.set_rng_state(st["rng"]["torch"])
         start, best = st["epoch"] + 1, st["best"]
         kept = [r for r in read_metrics(metrics_path) if r["epoch"] < start]
@@ -395,7 +406,8 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
         t0 = time.perf_counter()
         order = shuffle_rng.permutation(setup.train_ids).tolist()
         batches = [order[i : i + bs] for i in range(0, len(order), bs)]
-        tot_loss, correct, seen, n_img = 0.0, 0, 0, 0
+        tot_loss, correct, seen, correct_last, n_img = 0.0, 0, 0, 0, 0
+        lrs: list[float] = []
         y_all: list[int] = []
         p_all: list[int] = []
         bar = tqdm(
@@ -407,15 +419,19 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
         )
         for batch in bar:
             labels = torch.tensor([setup.rows[i].label for i in batch])
+            source: Any = setup.source
+            if augment.enabled:  # one draw per image, the same transform for grid and patches
+                source = AugmentedSource(source, {i: augment.draw(augment_rng) for i in batch})
             if method == "gd":
                 res: Any = gd_train_batch(
-                    model, opt, setup.source, batch, labels, loss_fn, autocast_dtype=autocast
-                )
+                    model, opt, source, batch, labels, loss_fn, autocast_dtype=autocast,
+                    scheduler=sched,
+                )  # fmt: skip
             else:
                 res = train_batch(
                     model,
                     opt,
-                    setup.source,
+                    source,
                     batch,
                     labels,
                     sampler,
@@ -426,25 +442,30 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
                     loss_fn,
                     setup.fill_batch_size,
                     autocast,
-                    cfg.patchgd.eval_norm,
+                    sched,
                 )
-            # training accuracy over every inner iteration, not only the last one
+            # training accuracy of the last inner iteration (comparable with validation) and
+            # the average over every inner iteration
             for lg in res["logits"]:
                 pred = lg.argmax(1)
                 correct += int((pred == labels).sum())
                 seen += len(batch)
+            correct_last += int((res["logits"][-1].argmax(1) == labels).sum())
+            lrs += res["lrs"]
             y_all += labels.tolist()
             p_all += res["logits"][-1].argmax(1).tolist()
             tot_loss += res["loss"] * len(batch)
             n_img += len(batch)
             bar.set_postfix(loss=f"{tot_loss / n_img:.3f}")
-        sched.step()
         val = evaluate_ids(setup, setup.val_ids)
-        rec = {
+        rec: dict[str, Any] = {
             "epoch": epoch,
-            "lr": opt.param_groups[0]["lr"],
+            "lr": float(np.mean(lrs)) if lrs else opt.param_groups[0]["lr"],  # rates used
+            "lr_last": lrs[-1] if lrs else opt.param_groups[0]["lr"],
+            "optimizer_steps": len(lrs),
             "train_loss": tot_loss / max(n_img, 1),
-            "train_accuracy": correct / max(seen, 1),
+            "train_accuracy": correct_last / max(n_img, 1),
+            "train_accuracy_all_iterations": correct / max(seen, 1),
             "train_qwk": qwk(np.array(y_all), np.array(p_all), cfg.model.num_classes),
             "val_loss": val.get("loss"),
             "val_accuracy": val.get("accuracy"),
@@ -459,6 +480,7 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
         rngs = {
             "shuffle": shuffle_rng.bit_generator.state,
             "sampler": sampler_rng.bit_generator.state,
+            "augment": augment_rng.bit_generator.state,
             "torch": torch.get_rng_state(),
         }
         improved = score > best
