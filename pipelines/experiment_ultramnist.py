@@ -6,18 +6,24 @@ the full resolution because only k patches per image carry gradients at a time.
 
 What this runs (defaults: what a 2-core CPU does in about an hour):
 
-1. ``make_ultramnist``: 1600 train / 400 validation canvases of 256 px, 3-5 digits each,
-   label = sum of the digits (28 classes; ``--label max``: the largest digit, 10 classes),
-   digit pools disjoint between the splits.
+1. ``make_ultramnist``: 800 train / 400 validation canvases of 256 px, 3-5 digits each of
+   ``--digit-sizes`` px (default 12-24: small enough that GD's budget-forced downscale makes
+   them unreadable, while most fit inside one 64 px patch), label = the largest digit
+   (``--label max``, 10 classes; ``sum``: the digit sum, 28 classes; ``sum10``: the paper's
+   variant, sums 0-9), digit pools disjoint between the splits. Generated once (``--data-seed``).
 2. The budget: the memory one PatchGD step needs (``plan_memory``: weights + gradients + Adam
    state, Z and the head, B x k patches' activations) with the pipeline's k.
-3. PatchGD (``pipelines/ultramnist-cpu.yaml``) and GD with ``patchgd.memory_budget`` set to that
-   budget, same backbone (MobileNetV2) and initial weights, batch size, optimiser, schedule and
-   seed; GD gets the largest image side whose step fits (``plan_gd_image_size``). The initial
-   weights (``--init digits``, the default) come from teaching MobileNetV2 single digits of the
-   training pool (:func:`pretrain_on_digits`): no ImageNet weights can be downloaded here, and
-   from random weights neither method learns the sum in the epochs a CPU affords.
-4. ``results.json``, ``results.md`` (the table) and ``comparison.png`` in ``--out``.
+3. For each training seed (``--seeds``, default 0,1,2): PatchGD (``pipelines/ultramnist-cpu.yaml``)
+   and GD with ``patchgd.memory_budget`` set to that budget (GD gets the largest image side whose
+   step fits, ``plan_gd_image_size``) for the same epochs, GD under the budget again for the
+   same wall-clock time as that seed's PatchGD run (more epochs), and GD at full resolution
+   without the budget (the upper bound). Same backbone, initial weights, head (pooled),
+   batch size, optimiser and optimizer steps per epoch, schedule, augmentation and seed. The
+   initial backbone weights (``--init digits``, the default) come from teaching the backbone
+   single digits of the training pool (:func:`pretrain_on_digits`): no ImageNet weights can be
+   downloaded here, and from random weights neither method learns in the epochs a CPU affords.
+4. ``results.json``, ``results.md`` (mean ± sd over seeds of the last-epoch and best-epoch
+   validation accuracy) and ``comparison.png`` (mean ± sd curves) in ``--out``.
 
 Usage::
 
@@ -75,13 +81,15 @@ def pretrain_on_digits(
     seed: int,
     quiet: bool,
     mnist_dir: str | None = None,
+    backbone: str = "mobilenet_v3_small",
+    sides: tuple[int, int] = (8, 64),
 ) -> dict[str, Any]:
-    """Initial weights for both methods: MobileNetV2 taught to name single MNIST digits.
+    """Initial weights for both methods: the backbone taught to name single MNIST digits.
 
     ImageNet weights cannot be downloaded here, and from random weights neither method learns
     the digit sum in the epochs a CPU affords (the paper starts from pretrained backbones).
     Patches of ``patch`` px hold one digit from the *training* pool (validation digits are never
-    seen) at a log-uniform side in [8, patch] px at a random position, white on black as on the
+    seen) at a log-uniform side in ``sides`` px at a random position, white on black as on the
     canvases, or nothing (class 10). One pass over ``n`` such patches, batch 128, Adam with a
     one-cycle learning rate peaking at 2e-3.
     The same file initialises PatchGD and GD, so the comparison stays like for like.
@@ -93,6 +101,7 @@ def pretrain_on_digits(
     from wsi_patchgd.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
     pools = load_mnist(mnist_dir, seed=mnist_seed)
+    lo, hi = max(8, sides[0]), min(patch, sides[1])
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
@@ -105,7 +114,7 @@ def pretrain_on_digits(
             if rng.random() < 0.1:
                 continue
             j = int(rng.choice(idx))
-            side = int(round(np.exp(rng.uniform(np.log(8), np.log(patch)))))
+            side = int(round(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
             r, c = rng.integers(0, patch - side + 1, 2)
             x[i, r : r + side, c : c + side] = resize_digit(images[j], side)
             y[i] = int(labels[j])
@@ -114,7 +123,7 @@ def pretrain_on_digits(
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return (t - mean) / std, torch.from_numpy(y)
 
-    model = torchvision.models.mobilenet_v2(num_classes=11)
+    model = torchvision.models.get_model(backbone, num_classes=11)
     steps = max(1, n // 128)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
@@ -144,20 +153,70 @@ def final_and_best(run: Path) -> dict[str, Any]:
         "final_val_qwk": recs[-1]["val_qwk"],
         "max_val_accuracy": max(r["val_accuracy"] for r in recs),
         "final_train_loss": recs[-1]["train_loss"],
+        "final_train_accuracy": recs[-1]["train_accuracy"],
         "epochs": len(recs),
     }
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def plot_seeds(curves: dict[str, list[list[dict[str, Any]]]], out: Path, chance: float) -> Path:
+    """Mean ± sd over seeds of validation accuracy and training loss per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("validation accuracy", "val_accuracy"),
+              ("training accuracy (last inner iteration)", "train_accuracy"),
+              ("training loss", "train_loss")]  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for name, runs in curves.items():
+        n = min(len(r) for r in runs)
+        ep = np.arange(1, n + 1)
+        for ax, (_, key) in zip(axes, panels, strict=True):
+            v = np.array([[r[e][key] for e in range(n)] for r in runs], dtype=float)
+            m, sd = v.mean(0), v.std(0, ddof=1) if len(runs) > 1 else np.zeros(n)
+            ax.plot(ep, m, "-o", markersize=3, label=f"{name} (n={len(runs)})")
+            ax.fill_between(ep, m - sd, m + sd, alpha=0.2)
+    axes[0].axhline(chance, color="grey", ls="--", lw=1, label="chance")
+    for ax, (t, _) in zip(axes, panels, strict=True):
+        ax.set_title(t)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+LABELS = {"sum": (28, "sum of the digits"), "max": (10, "largest digit"),
+          "sum10": (10, "sum of the digits, sums 0-9 only (the paper's variant)")}  # fmt: skip
+NAMES = {
+    "patchgd": "PatchGD",
+    "gd": "GD under the budget, same epochs",
+    "gd-time": "GD under the budget, same wall-clock as PatchGD",
+    "gd-full": "GD at full resolution, no budget (upper bound)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="out/experiment-ultramnist")
     ap.add_argument("--config", default=str(HERE / "ultramnist-cpu.yaml"))
-    ap.add_argument("--n-train", type=int, default=1600)
+    ap.add_argument("--n-train", type=int, default=800)
     ap.add_argument("--n-val", type=int, default=400)
     ap.add_argument("--side", type=int, default=256)
     ap.add_argument("--patch-size", type=int, default=64)
+    ap.add_argument("--digit-sizes", default="12,24", help="MIN,MAX digit side in px")
     ap.add_argument("--epochs", type=int, default=None, help="default: the config's")
-    ap.add_argument("--seed", type=int, default=0, help="data, sampling and weights")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds (weights, sampling, order)")
+    ap.add_argument("--data-seed", type=int, default=0, help="canvases and digit pretraining")
     ap.add_argument(
         "--init",
         choices=("digits", "scratch"),
@@ -165,26 +224,22 @@ def main(argv: list[str] | None = None) -> int:
         help="initial backbone weights of both methods: taught single MNIST digits (default) "
         "or random",
     )
-    ap.add_argument("--pretrain-patches", type=int, default=102400)
+    ap.add_argument("--pretrain-patches", type=int, default=32768)
     ap.add_argument(
-        "--reference",
-        action="store_true",
-        help="also train GD at full resolution with no budget (what GD reaches when memory "
-        "is not the limit)",
+        "--runs",
+        default="patchgd,gd,gd-time,gd-full",
+        help="which of patchgd, gd (budget, same epochs), gd-time (budget, same wall-clock), "
+        "gd-full (full resolution, no budget) to train",
     )
-    ap.add_argument(
-        "--label",
-        choices=("sum", "max"),
-        default="sum",
-        help="sum: the paper's digit sum (28 classes); max: the largest digit (10 classes)",
-    )
+    ap.add_argument("--reference", action="store_true", help="(kept for old commands: gd-full)")
+    ap.add_argument("--label", choices=tuple(LABELS), default="max")
     ap.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="config override applied to every run (e.g. model.head=pooled); repeatable",
+        help="config override applied to every run (e.g. patchgd.norm=group); repeatable",
     )
     ap.add_argument(
         "--mnist-dir",
@@ -198,15 +253,26 @@ def main(argv: list[str] | None = None) -> int:
         args.n_train, args.n_val, args.side, args.patch_size = 16, 8, 128, 32
         args.epochs = 1
         args.pretrain_patches = 256
+        args.digit_sizes = "10,24"
+        if args.seeds == "0,1,2":
+            args.seeds = "0,1"
+    seeds = [int(x) for x in str(args.seeds).split(",") if x != ""]
+    wanted = [x for x in args.runs.split(",") if x]
+    if args.reference and "gd-full" not in wanted:
+        wanted.append("gd-full")
+    unknown = set(wanted) - set(NAMES)
+    if unknown or "patchgd" not in wanted:
+        ap.error(f"--runs: {sorted(unknown)} unknown or patchgd missing; use {', '.join(NAMES)}")
+    lo, hi = (int(v) for v in args.digit_sizes.split(","))
 
     import torch
 
     from wsi_patchgd.datasets.ultramnist import make_ultramnist
-    from wsi_patchgd.plots import plot_comparison, read_metrics
+    from wsi_patchgd.plots import read_metrics
     from wsi_patchgd.training.config import load_config
     from wsi_patchgd.training.trainer import train
 
-    classes = 28 if args.label == "sum" else 10
+    classes, label_text = LABELS[args.label]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -220,28 +286,32 @@ def main(argv: list[str] | None = None) -> int:
             side=args.side,
             classes=classes,
             label=args.label,
-            seed=args.seed,
+            seed=args.data_seed,
             mnist_dir=args.mnist_dir,
             patch_size=args.patch_size,
+            digit_sizes=(lo, hi),
             quiet=args.quiet,
             overwrite=True,
         )
     else:
         log(f"[1] canvases already in {data}")
     base = yaml.safe_load(Path(args.config).read_text())
+    backbone = base.get("model", {}).get("backbone", "mobilenet_v3_small")
     pretrain: dict[str, Any] = {}
     if args.init == "digits":
         wfile = out / "pretrained-digits.pt"
         if not wfile.exists():
-            log(f"[1b] initial weights: MobileNetV2 on {args.pretrain_patches} digit patches")
+            log(f"[1b] initial weights: {backbone} on {args.pretrain_patches} digit patches")
             pretrain = pretrain_on_digits(
-                args.seed,
+                args.data_seed,
                 wfile,
                 args.patch_size,
                 args.pretrain_patches,
-                args.seed,
+                args.data_seed,
                 args.quiet,
                 args.mnist_dir,
+                backbone,
+                (lo, hi),
             )
             (out / "pretrained-digits.json").write_text(json.dumps(pretrain, indent=2))
         else:
@@ -255,7 +325,6 @@ def main(argv: list[str] | None = None) -> int:
         f"model.num_classes={classes}",
         f"data.manifest={data / 'manifest.csv'}",
         f"data.patch_size={args.patch_size}",
-        f"seed={args.seed}",
         f"patchgd.gd_image_size={args.side}",
     ]
     if args.epochs:
@@ -263,94 +332,104 @@ def main(argv: list[str] | None = None) -> int:
     common += args.overrides
     if args.quick:
         common += ["schedule.batch_size=4", "output.heatmaps=1", "schedule.warmup_epochs=0"]
-    pg_cfg = load_config(None, common + [f"output.dir={out / 'runs' / 'patchgd'}"], base=base)
+    pg_cfg = load_config(
+        None, common + [f"seed={seeds[0]}", f"output.dir={out / 'runs' / 'probe'}"], base=base
+    )
     budget, plan = step_budget(pg_cfg)
     log(
         f"[2] memory budget = one PatchGD step at full resolution: {budget / 1e6:.0f} MB "
         f"(weights+grads+Adam {plan.fixed / 1e6:.0f} MB, Z/head {plan.latent / 1e6:.1f} MB, "
         f"{plan.per_patch_grad / 1e6:.1f} MB per patch with gradient)"
     )
-    summaries: dict[str, dict[str, Any]] = {}
-    runs = [("patchgd", "patchgd", True), ("gd", "gd", True)]
-    if args.reference:
-        runs.append(("gd-full", "gd", False))  # GD at full resolution, budget ignored
-    for step, (name, method, budgeted) in enumerate(runs, start=3):
-        run = out / "runs" / name
-        cfg = load_config(
-            None,
-            common
-            + [f"patchgd.method={method}", f"output.dir={run}"]
-            + ([f"patchgd.memory_budget={budget // 1_000_000}MB"] if budgeted else []),
-            base=base,
-        )
-        resume = (run / "checkpoints" / "last.pt").exists()
-        log(f"[{step}] training {name} ({'resuming' if resume else 'new run'}) -> {run}")
-        s = train(cfg, resume=resume, quiet=args.quiet)
-        summaries[name] = {**s, **final_and_best(run)}
-        if name == "gd-full":
-            from wsi_patchgd.engine.gd import GDModel
-            from wsi_patchgd.training.memory import gd_step_bytes
+    per_seed: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in wanted}
+    curves: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in wanted}
+    order = [n for n in NAMES if n in wanted]
+    for seed in seeds:
+        for name in order:
+            method = "patchgd" if name == "patchgd" else "gd"
+            run = out / "runs" / f"seed{seed}" / name
+            sets = [f"seed={seed}", f"patchgd.method={method}", f"output.dir={run}"]
+            if name != "gd-full":
+                sets.append(f"patchgd.memory_budget={budget // 1_000_000}MB")
+            if name == "gd-time":  # as many epochs as fit in this seed's PatchGD wall-clock
+                pg_s = per_seed["patchgd"][seed]["seconds"]
+                ref = per_seed.get("gd", {}).get(seed)
+                per_epoch = ref["seconds"] / ref["epochs"] if ref else None
+                epochs = pg_cfg.schedule.epochs
+                if per_epoch:
+                    epochs = max(epochs, int(pg_s // per_epoch))
+                sets.append(f"schedule.epochs={epochs}")
+            cfg = load_config(None, common + sets, base=base)
+            resume = (run / "checkpoints" / "last.pt").exists()
+            log(f"[3] seed {seed}: {name} ({'resuming' if resume else 'new run'}) -> {run}")
+            s = train(cfg, resume=resume, quiet=args.quiet)
+            s = {k: v for k, v in s.items() if k not in ("predictions", "val_confusion")}
+            s.update(final_and_best(run))
+            if name == "gd-full":
+                from wsi_patchgd.engine.gd import GDModel
+                from wsi_patchgd.training.memory import gd_step_bytes
 
-            m = cfg.model
-            probe = GDModel(m.backbone, m.num_classes, 64, m.latent_dim, None,
-                            m.head_channels, m.head_convs, 0.0)  # fmt: skip
-            summaries[name]["step_bytes"] = gd_step_bytes(
-                probe, args.side, cfg.schedule.batch_size, cfg.optim.name
-            )
-    curves = {m: read_metrics(out / "runs" / m / "metrics.jsonl") for m in summaries}
-    plot_comparison(curves, out / "comparison.png", chance=1 / classes, qwk=True)
-    pg, gd = summaries["patchgd"], summaries["gd"]
-    rows = [
-        (
-            "PatchGD",
-            f"{args.side} px (full), {args.patch_size} px patches, k={pg['k']}, ζ={pg['zeta']}",
-            pg,
-        ),
-        ("GD", f"{gd['gd_image_size']} px (resized to fit the budget)", gd),
-    ]
-    if "gd-full" in summaries:
-        ref = summaries["gd-full"]
-        rows.append(
-            (
-                "GD, no budget (reference)",
-                f"{args.side} px (full; a step needs ~{ref['step_bytes'] / 1e6:.0f} MB, over "
-                "the budget)",
-                ref,
-            )
-        )
+                m = cfg.model
+                probe = GDModel(m.backbone, m.num_classes, 64, m.latent_dim, None,
+                                m.head_channels, m.head_convs, 0.0)  # fmt: skip
+                s["step_bytes"] = gd_step_bytes(
+                    probe, args.side, cfg.schedule.batch_size, cfg.optim.name
+                )
+            per_seed[name][seed] = s
+            curves[name].append(read_metrics(run / "metrics.jsonl"))
+    plot_seeds({NAMES[n]: curves[n] for n in order}, out / "comparison.png", 1 / classes)
+    pg0 = per_seed["patchgd"][seeds[0]]
     init = (
-        f"backbones initialised from MobileNetV2 taught single training-pool digits "
+        f"backbones initialised from {backbone} taught single training-pool digits "
         f"(held-out digit accuracy {pretrain['val_digit_accuracy']:.3f})"
         if args.init == "digits"
         else "backbones from random weights"
     )
+    summary: dict[str, dict[str, Any]] = {}
     lines = [
-        f"UltraMNIST-style, {args.side} px canvases, label = "
-        f"{'sum of the digits' if args.label == 'sum' else 'largest digit'}, {classes} classes "
-        f"(chance {1 / classes:.3f}), "
-        f"{args.n_train} train / {args.n_val} validation canvases, MobileNetV2, "
-        f"batch {pg_cfg.schedule.batch_size}, {pg['epochs']} epochs, "
-        f"seed {args.seed}, memory budget {budget / 1e6:.0f} MB per step; {init}; "
-        f"head: {pg_cfg.model.head}"
+        f"UltraMNIST-style, {args.side} px canvases, digits of {lo}-{hi} px, label = "
+        f"{label_text}, {classes} classes (chance {1 / classes:.3f}), "
+        f"{args.n_train} train / {args.n_val} validation canvases, {backbone}, "
+        f"batch {pg_cfg.schedule.batch_size}, {pg0['epochs']} epochs, seeds "
+        f"{', '.join(map(str, seeds))} (mean ± sd), memory budget {budget / 1e6:.0f} MB per "
+        f"step; {init}; head: {pg_cfg.model.head}; norm: {pg_cfg.patchgd.norm}"
         + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else "")
         + ".",
         "",
-        "| method | resolution trained on | val acc (best epoch) | val acc (last epoch) | "
-        "val QWK (best) | train loss (last) | minutes |",
+        "| method | resolution trained on | epochs | val acc (last epoch) | val acc (best epoch) "
+        "| train acc (last epoch) | minutes per seed |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, res, s in rows:
+    for name in order:
+        runs = [per_seed[name][sd] for sd in seeds]
+        last = mean_sd([r["final_val_accuracy"] for r in runs])
+        best = mean_sd([r["max_val_accuracy"] for r in runs])
+        tr = mean_sd([r["final_train_accuracy"] for r in runs])
+        minutes = mean_sd([r["seconds"] / 60 for r in runs])
+        if name == "patchgd":
+            res = f"{args.side} px (full), {args.patch_size} px patches, k={pg0['k']}, ζ={pg0['zeta']}"
+        elif name == "gd-full":
+            need = runs[0]["step_bytes"] / 1e6
+            res = f"{args.side} px (full; a step needs ~{need:.0f} MB)"
+        else:
+            res = f"{runs[0]['gd_image_size']} px (resized to fit the budget)"
+        eps = sorted({r["epochs"] for r in runs})
+        summary[name] = {"last": last, "best": best, "train_last": tr, "minutes": minutes,
+                         "epochs": eps, "resolution": res}  # fmt: skip
         lines.append(
-            f"| {name} | {res} | {s['val_accuracy']:.3f} | {s['final_val_accuracy']:.3f} | "
-            f"{s['val_qwk']:.3f} | {s['final_train_loss']:.3f} | {s['seconds'] / 60:.1f} |"
+            f"| {NAMES[name]} | {res} | {'/'.join(map(str, eps))} | {last[0]:.3f} ± {last[1]:.3f} "
+            f"| {best[0]:.3f} ± {best[1]:.3f} | {tr[0]:.3f} ± {tr[1]:.3f} | {minutes[0]:.1f} |"
         )
+    total_min = (time.perf_counter() - t0) / 60
+    cmd = " ".join(["python pipelines/" + Path(__file__).name,
+                    *(argv if argv is not None else sys.argv[1:])])  # fmt: skip
+    lines += ["", f"Command: `{cmd}`; whole experiment {total_min:.0f} min."]
     table = "\n".join(lines)
     (out / "results.md").write_text(table + "\n\n![comparison](comparison.png)\n")
     result = {
-        "command": " ".join(
-            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": cmd,
         "args": vars(args),
+        "seeds": seeds,
         "budget_bytes": budget,
         "init": args.init,
         "label": args.label,
@@ -362,14 +441,12 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
         },
         "seconds": time.perf_counter() - t0,
-        "runs": {
-            m: {k: v for k, v in s.items() if k not in ("predictions", "val_confusion")}
-            for m, s in summaries.items()
-        },
+        "summary": summary,
+        "runs": {name: {str(sd): r for sd, r in per_seed[name].items()} for name in order},
     }
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     print(table)
-    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min: {out / 'results.md'}")
+    log(f"done in {total_min:.1f} min: {out / 'results.md'}")
     return 0
 
 

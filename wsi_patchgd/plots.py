@@ -100,11 +100,15 @@ def plot_comparison(
     out: str | Path,
     chance: float | None = 0.5,
     qwk: bool = False,
+    train_accuracy: bool = False,
 ) -> Path:
-    """Validation accuracy and training loss per epoch of several runs, one line each (and the
-    validation QWK in a third panel with ``qwk``); ``chance`` draws the chance accuracy."""
+    """Validation accuracy and training loss per epoch of several runs, one line each (the
+    validation QWK in another panel with ``qwk``, the training accuracy of the last inner
+    iteration with ``train_accuracy``); ``chance`` draws the chance accuracy."""
     out = Path(out)
     panels = [("validation accuracy", "val_accuracy"), ("training loss", "train_loss")]
+    if train_accuracy:
+        panels.insert(1, ("training accuracy (last inner iteration)", "train_accuracy"))
     if qwk:
         panels.append(("validation QWK", "val_qwk"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))

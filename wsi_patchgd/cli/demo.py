@@ -9,9 +9,22 @@ from . import one_line_errors
 
 @click.command("demo")
 @click.option("--out", default="out/demo", show_default=True)
-@click.option("--slides", "n_slides", default=36, show_default=True)
+@click.option(
+    "--slides",
+    "n_slides",
+    default=72,
+    show_default=True,
+    help="Number of slides; every third one is a validation slide.",
+)
 @click.option("--side", default=2048, show_default=True, help="Slide side in pixels.")
-@click.option("--epochs", default=8, show_default=True)
+@click.option("--epochs", default=6, show_default=True)
+@click.option(
+    "--memory-budget",
+    "budget",
+    default="1GB",
+    show_default=True,
+    help="Memory budget of both methods: PatchGD's k and GD's image side are planned to fit it.",
+)
 @click.option("--backbone", default="resnet18", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workers", type=int, default=None, help="Dask threads for the conversion.")
@@ -22,6 +35,7 @@ def command(
     n_slides: int,
     side: int,
     epochs: int,
+    budget: str,
     backbone: str,
     seed: int,
     workers: int | None,
@@ -35,6 +49,7 @@ def command(
         n_slides=n_slides,
         side=side,
         epochs=epochs,
+        budget=budget,
         backbone=backbone,
         seed=seed,
         workers=workers,
