@@ -407,7 +407,10 @@ def main(argv: list[str] | None = None) -> int:
         tr = mean_sd([r["final_train_accuracy"] for r in runs])
         minutes = mean_sd([r["seconds"] / 60 for r in runs])
         if name == "patchgd":
-            res = f"{args.side} px (full), {args.patch_size} px patches, k={pg0['k']}, ζ={pg0['zeta']}"
+            res = (
+                f"{args.side} px (full), {args.patch_size} px patches, k={pg0['k']}, "
+                f"ζ={pg0['zeta']}"
+            )
         elif name == "gd-full":
             need = runs[0]["step_bytes"] / 1e6
             res = f"{args.side} px (full; a step needs ~{need:.0f} MB)"
