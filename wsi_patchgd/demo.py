@@ -75,14 +75,7 @@ def run_demo(
     out = Path(out)
     level_side = side >> LEVEL
     t0 = time.perf_counter()
-    _log(quiet, f"[1/5] generating {n_slides} synthetic slides ({side} x {side} px) in {out}")
-    make_synthetic_dataset(
-        out, n_slides, side, seed=seed, convert=False, log=lambda m: _log(quiet, m)
-    )
-    _log(quiet, f"[2/5] converting them into stores with Dask: {out / 'stores'}")
-    manifest = make_synthetic_dataset(
-        out, n_slides, side, seed=seed, patch_size=64, workers=workers
-    )
+    manifest = out / "manifest.csv"  # what make_synthetic_dataset writes
     base: dict[str, Any] = {
         "data": {
             "manifest": str(manifest),
@@ -111,6 +104,20 @@ def run_demo(
         "output": {"heatmaps": 4},
         "seed": seed,
     }
+    from .models.backbones import _check_name
+
+    _check_name(backbone)  # the settings are checked before any slide is made
+    for method in ("patchgd", "gd"):
+        load_config(None, [f"patchgd.method={method}", f"output.dir={out}"], base=base)
+    _log(quiet, f"[1/5] generating {n_slides} synthetic slides ({side} x {side} px) in {out}")
+    make_synthetic_dataset(
+        out, n_slides, side, seed=seed, convert=False, log=lambda m: _log(quiet, m)
+    )
+    _log(quiet, f"[2/5] converting them into stores with Dask: {out / 'stores'}")
+    manifest = make_synthetic_dataset(
+        out, n_slides, side, seed=seed, patch_size=64, workers=workers
+    )
+    base["data"]["manifest"] = str(manifest)
     summaries = {}
     for step, method in ((3, "patchgd"), (4, "gd")):
         run_dir = out / "runs" / method
