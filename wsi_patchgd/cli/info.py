@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
-from ..readers import open_slide
+from ..errors import SlideReadError, StoreError
+from ..io import StorageOptions, filesystem
+from ..readers import StoreReader, open_slide
 from ..tissue import tissue_fraction
 from . import one_line_errors
 from .options import parse_storage_options, storage_options_option
@@ -16,10 +18,26 @@ from .options import parse_storage_options, storage_options_option
 def describe(
     source: str, storage_options: dict[str, Any] | None = None, reader: str = "auto"
 ) -> dict[str, Any]:
-    """Format, reader, levels, mpp, objective power and tissue fraction of a slide or store."""
-    with open_slide(source, storage_options, reader) as r:
+    """Format, reader, levels, mpp, objective power and tissue fraction of a slide or store.
+
+    Raises:
+        StoreError: a store that is incomplete, or marked complete but lacking arrays the
+            format lists (one line that names them and says how to repair it).
+    """
+    try:
+        r = open_slide(source, storage_options, reader)
+    except SlideReadError:
+        _raise_store_problem(source, storage_options)
+        raise
+    with r:
         info = r.info()
-        if r.name == "store":
+        if isinstance(r, StoreReader):
+            problems = r.store.verify()
+            if problems:
+                raise StoreError(
+                    f"{source}: store is marked complete but damaged ({'; '.join(problems)}); "
+                    "rerun `wsi-patchgd convert` on its source to repair it"
+                )
             frac = r.properties.get("store.tissue_fraction")
         else:
             frac = tissue_fraction(r.thumbnail(2048))
@@ -36,6 +54,22 @@ def describe(
         "objective_power": info.objective_power,
         "tissue_fraction": frac,
     }
+
+
+def _raise_store_problem(source: str, storage_options: StorageOptions | None) -> None:
+    """For a store the slide readers refused: raise the store's own error (incomplete ...)."""
+    from ..store.format import REBUILD_SUFFIX
+    from ..store.slide_store import SlideStore
+
+    fs, path = filesystem(source, storage_options)
+    try:
+        is_store = fs.exists(path.rstrip("/") + "/zarr.json") or fs.exists(
+            path.rstrip("/") + REBUILD_SUFFIX + "/zarr.json"
+        )
+    except OSError:
+        return
+    if is_store:
+        SlideStore(source, storage_options)  # raises StoreError / StoreIncompleteError
 
 
 @click.command("info")

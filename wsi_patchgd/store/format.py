@@ -8,8 +8,18 @@
                             patch size; shards of (3, S, S) with S = P * shard_patches
   tissue/mask               bool (h_m, w_m): tissue mask at a coarse level (downsample recorded)
   tissue/fraction/<level>   float32 (n_h, n_w): tissue fraction of every P x P patch of a level
-  .progress/<level>/<sy>.<sx>  empty marker objects while a conversion runs (deleted at the end)
+  .progress/<level>/<sy>.<sx>  empty marker objects while a conversion runs (deleted at the end);
+  .progress/<level>/all     the whole level is written (a damaged store being repaired)
+<slide>.zarr.lock           beside the store while a conversion holds it (owner, host, pid,
+                            heartbeat; see :class:`wsi_patchgd.store.convert.StoreLock`)
+<slide>.zarr.rebuild        beside it during ``--overwrite``: the new store, switched in when
+                            complete and verified (readers use it while the store is not
+                            complete)
+<slide>.zarr.old            local ``--overwrite`` only, for an instant: the old store moved aside
 ```
+
+"complete" means complete: it is written only after every node of :func:`required_nodes` was
+opened and found with the shape the attributes give.
 """
 
 from __future__ import annotations
@@ -21,6 +31,10 @@ ATTR_KEY = "wsi_patchgd"
 OME_VERSION = "0.5"
 PROGRESS_PREFIX = ".progress"
 FILL_VALUE = 255  # white: glass / padding
+
+REBUILD_SUFFIX = ".rebuild"
+OLD_SUFFIX = ".old"
+LOCK_SUFFIX = ".lock"
 
 CODECS = ("blosc-lz4", "blosc-zstd", "zstd", "none", "jpeg")
 #: ``jpeg``: levels whose source tiles are JPEG of exactly the patch size keep those tiles
@@ -81,3 +95,19 @@ def ome_multiscales(name: str, downsamples: list[float], mpp: float | None) -> d
             "rdefs": {"model": "color"},
         },
     }
+
+
+def required_nodes(meta: dict[str, Any]) -> dict[str, tuple[int, ...] | None]:
+    """Every group and array a complete store has, for its ``wsi_patchgd`` attributes: node
+    path -> expected array shape (None: a group, or the mask, whose shape is its own)."""
+    patch = int(meta["patch_size"])
+    nodes: dict[str, tuple[int, ...] | None] = {}
+    for i, lv in enumerate(meta["levels"]):
+        nodes[str(i)] = tuple(int(n) for n in lv["shape"])
+    nodes["tissue"] = None
+    nodes["tissue/mask"] = None
+    nodes["tissue/fraction"] = None
+    for i, lv in enumerate(meta["levels"]):
+        h, w = (int(n) for n in lv["shape"][1:])
+        nodes[f"tissue/fraction/{i}"] = (-(-h // patch), -(-w // patch))
+    return nodes

@@ -12,8 +12,99 @@ import zarr
 from zarr.core.sync import sync
 
 from ..errors import StoreError, StoreIncompleteError
-from ..io import StorageOptions, zarr_store
-from .format import ATTR_KEY, FILL_VALUE, FORMAT_VERSION
+from ..io import StorageOptions, filesystem, is_remote, zarr_store
+from .format import (
+    ATTR_KEY,
+    FILL_VALUE,
+    FORMAT_VERSION,
+    OLD_SUFFIX,
+    REBUILD_SUFFIX,
+    required_nodes,
+)
+
+
+def store_keys(url: str, storage_options: StorageOptions | None = None) -> set[str]:
+    """Every object (file) of the store at url, as paths relative to it (one listing)."""
+    fs, root = filesystem(url, storage_options)
+    if is_remote(url):
+        fs.invalidate_cache(root)
+    try:
+        found = fs.find(root)
+    except FileNotFoundError:
+        return set()
+    return {k[len(root) + 1 :] for k in found if k.startswith(root + "/")}
+
+
+def verify_store(
+    url: str,
+    storage_options: StorageOptions | None,
+    meta: dict[str, Any],
+    *,
+    keys: set[str] | None = None,
+    deep: bool = False,
+) -> list[str]:
+    """What a store lacks to be complete for its attributes ``meta``; [] when nothing.
+
+    Every node of :func:`~wsi_patchgd.store.format.required_nodes` must have its metadata
+    object (one listing); ``deep`` also opens each one and compares array shapes. Missing shard
+    objects cannot be told from all-white shards, which are not stored, so they are not checked.
+    """
+    keys = store_keys(url, storage_options) if keys is None else keys
+    try:
+        nodes = required_nodes(meta)
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"attributes lack {exc}"]
+    problems = [f"{n} missing" for n in nodes if f"{n}/zarr.json" not in keys]
+    if "zarr.json" not in keys:
+        problems.insert(0, "zarr.json missing")
+    if problems or not deep:
+        return problems
+    group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r")
+    for name, shape in nodes.items():
+        try:
+            node: Any = group[name]
+        except Exception as exc:  # torn or unreadable metadata
+            problems.append(f"{name} unreadable ({type(exc).__name__})")
+            continue
+        is_array = isinstance(node, zarr.Array)
+        if name == "tissue/mask":
+            if not (is_array and node.ndim == 2):
+                problems.append("tissue/mask is not a 2-d array")
+        elif shape is None:
+            if is_array:
+                problems.append(f"{name} is an array, not a group")
+        elif not is_array:
+            problems.append(f"{name} is a group, not an array")
+        elif tuple(node.shape) != shape:
+            problems.append(f"{name} has shape {tuple(node.shape)}, attributes say {shape}")
+    return problems
+
+
+def _open(url: str, storage_options: StorageOptions | None) -> tuple[Any, dict[str, Any]]:
+    store = zarr_store(url, storage_options, read_only=True)
+    try:
+        group = zarr.open_group(store, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
+        raise StoreError(
+            f"{url}: no Zarr store there; create it with `wsi-patchgd convert`"
+        ) from exc
+    return group, dict(group.attrs)
+
+
+def _complete_sibling(
+    url: str, storage_options: StorageOptions | None
+) -> tuple[str, Any, dict[str, Any]] | None:
+    """The complete store an interrupted ``--overwrite`` left beside url (new first, then old)."""
+    for suffix in (REBUILD_SUFFIX, OLD_SUFFIX):
+        alt = url.rstrip("/") + suffix
+        try:
+            group, attrs = _open(alt, storage_options)
+        except StoreError:
+            continue
+        meta = attrs.get(ATTR_KEY)
+        if isinstance(meta, dict) and meta.get("complete") is True:
+            return alt, group, attrs
+    return None
 
 
 class SlideStore:
@@ -23,6 +114,11 @@ class SlideStore:
         url: local path or URL of the store (``s3://bucket/slide.zarr`` ...).
         storage_options: fsspec options for remote URLs.
         require_complete: refuse stores not marked complete (the default).
+
+    While ``convert --overwrite`` switches a new store in, the store at ``url`` can be absent
+    or marked incomplete for a moment (or until a killed job is rerun); the complete store
+    beside it (``url.rebuild``, else ``url.old``) is read then, so that one of the old and the
+    new store is always readable. ``location`` is where the data is read from.
 
     Raises:
         StoreError: nothing there, or not a wsi_patchgd store, or a newer format.
@@ -37,14 +133,21 @@ class SlideStore:
         require_complete: bool = True,
     ) -> None:
         self.url = str(url)
-        store = zarr_store(self.url, storage_options, read_only=True)
+        self.location = self.url
         try:
-            self.group = zarr.open_group(store, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
-            raise StoreError(
-                f"{self.url}: no Zarr store there; create it with `wsi-patchgd convert`"
-            ) from exc
-        attrs = dict(self.group.attrs)
+            group, attrs = _open(self.url, storage_options)
+        except StoreError:
+            alt = _complete_sibling(self.url, storage_options)
+            if alt is None:
+                raise
+            self.location, group, attrs = alt
+        else:
+            meta = attrs.get(ATTR_KEY)
+            if not (isinstance(meta, dict) and meta.get("complete") is True):
+                alt = _complete_sibling(self.url, storage_options)
+                if alt is not None:
+                    self.location, group, attrs = alt
+        self.group = group
         if ATTR_KEY not in attrs:
             raise StoreError(
                 f"{self.url}: a Zarr group but not a wsi_patchgd store (no '{ATTR_KEY}' "
@@ -66,6 +169,10 @@ class SlideStore:
         self._storage_options = storage_options
         self._chunk_readers: dict[int, Any] = {}
         self._cr_lock = threading.Lock()
+
+    def verify(self, deep: bool = True) -> list[str]:
+        """What this store lacks to be complete (see :func:`verify_store`); [] when nothing."""
+        return verify_store(self.location, self._storage_options, self.meta, deep=deep)
 
     # -- metadata --------------------------------------------------------------------------
     @property
@@ -106,7 +213,7 @@ class SlideStore:
                 raise StoreError(
                     f"{self.url}: level {level} does not exist (levels 0..{self.n_levels - 1})"
                 )
-            self._arrays[level] = self.group[str(level)]
+            self._arrays[level] = self._node(str(level))
         return self._arrays[level]
 
     # -- pixels ----------------------------------------------------------------------------
@@ -188,7 +295,7 @@ class SlideStore:
             if level not in self._chunk_readers:
                 meta = self.array(level).metadata.to_dict()
                 self._chunk_readers[level] = (
-                    ChunkReader(f"{self.url.rstrip('/')}/{level}", meta, self._storage_options)
+                    ChunkReader(f"{self.location.rstrip('/')}/{level}", meta, self._storage_options)
                     if supports(meta)
                     else None
                 )
@@ -200,7 +307,13 @@ class SlideStore:
         return np.asarray(self._node("tissue/mask")[:]).astype(bool)
 
     def _node(self, key: str) -> Any:
-        return self.group[key]
+        try:
+            return self.group[key]
+        except KeyError as exc:
+            raise StoreError(
+                f"{self.url}: store is damaged ({key} missing); rerun `wsi-patchgd convert` on "
+                "its source to repair it"
+            ) from exc
 
     @property
     def mask_downsample(self) -> float:
@@ -209,10 +322,9 @@ class SlideStore:
     def patch_fractions(self, level: int = 0) -> np.ndarray:
         """Tissue fraction of every patch of a level's grid, float32 (n_h, n_w)."""
         key = f"tissue/fraction/{level}"
-        try:
-            return np.asarray(self._node(key)[:], dtype=np.float32)
-        except KeyError as exc:
-            raise StoreError(f"{self.url}: no patch table for level {level} ({key})") from exc
+        if not 0 <= level < self.n_levels:
+            raise StoreError(f"{self.url}: no patch table for level {level} ({key})")
+        return np.asarray(self._node(key)[:], dtype=np.float32)
 
     @property
     def tissue_fraction(self) -> float:
