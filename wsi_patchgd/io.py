@@ -17,7 +17,7 @@ import zarr
 import zarr.storage
 from zarr.abc.store import Store
 
-from .errors import StorageAccessError
+from .errors import ConfigError, StorageAccessError
 
 StorageOptions = Mapping[str, Any]
 
@@ -38,23 +38,94 @@ def local_path(url: str | os.PathLike[str]) -> Path:
     return Path(s)
 
 
+#: what :func:`redact_storage_options` writes in place of a secret
+REDACTED = "<redacted>"
+#: option names (any nesting level, case-insensitive) whose values are credentials
+_SECRET_NAMES = {"key", "secret", "token", "password", "passwd", "credentials", "sas"}
+_SECRET_PARTS = (
+    "secret", "password", "passwd", "token", "credential", "access_key", "account_key",
+    "private_key", "api_key", "connection_string",
+)  # fmt: skip
+#: gcsfs ``token`` modes that name an auth method, not a credential
+_PUBLIC_TOKENS = {"anon", "google_default", "cache", "cloud", "browser"}
+
+
+def _is_secret(name: str, value: Any) -> bool:
+    n = name.lower()
+    if n == "token" and isinstance(value, str) and value in _PUBLIC_TOKENS:
+        return False
+    return n in _SECRET_NAMES or any(part in n for part in _SECRET_PARTS)
+
+
+def redact_storage_options(opts: Any) -> Any:
+    """A copy of fsspec ``storage_options`` with every credential replaced by :data:`REDACTED`.
+
+    Credentials are ``key``, ``secret``, ``token``, ``password`` and any option whose name holds
+    secret / token / password / credential / access_key / account_key ... at any nesting level
+    (``client_kwargs: {aws_secret_access_key: ...}``). Everything else (``endpoint_url``,
+    ``anon``, ``region_name``, ``requester_pays`` ...) is kept. What is written to a run
+    directory or a checkpoint goes through this; :func:`storage_options_from_env` drops the
+    markers again, so the credentials of a later run come from ``WSI_PATCHGD_STORAGE_OPTIONS``
+    or the provider's usual chain (``AWS_ACCESS_KEY_ID`` / ``~/.aws`` / instance roles for s3fs).
+    """
+    if isinstance(opts, Mapping):
+        return {
+            k: REDACTED if _is_secret(str(k), v) and v is not None else redact_storage_options(v)
+            for k, v in opts.items()
+        }
+    if isinstance(opts, (list, tuple)):
+        return [redact_storage_options(v) for v in opts]
+    return opts
+
+
+def drop_redacted(opts: Any) -> Any:
+    """``opts`` without the options :func:`redact_storage_options` replaced (at any level)."""
+    if isinstance(opts, Mapping):
+        return {k: drop_redacted(v) for k, v in opts.items() if v != REDACTED}
+    if isinstance(opts, (list, tuple)):
+        return [drop_redacted(v) for v in opts if v != REDACTED]
+    return opts
+
+
 def storage_options_from_env(url: str, given: StorageOptions | None = None) -> dict[str, Any]:
     """Storage options for ``url``: ``given`` merged over ``WSI_PATCHGD_STORAGE_OPTIONS`` (JSON).
 
     For ``s3://`` the endpoint also comes from ``AWS_ENDPOINT_URL`` / ``S3_ENDPOINT_URL``, as
-    boto does, so that S3-compatible servers (MinIO, Ceph, moto) work without code.
+    boto does, so that S3-compatible servers (MinIO, Ceph, moto) work without code. Options
+    that were redacted (a config or checkpoint saved by a run) are ignored, so that the
+    credentials come from the environment instead.
     """
     opts: dict[str, Any] = {}
     env = os.environ.get("WSI_PATCHGD_STORAGE_OPTIONS")
     if env:
-        opts.update(json.loads(env))
+        fix = 'set it to a JSON object of fsspec options (e.g. {"anon": true}) or unset it'
+        try:
+            from_env = json.loads(env)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"WSI_PATCHGD_STORAGE_OPTIONS: not valid JSON ({exc.msg} at character "
+                f"{exc.pos}); {fix}"
+            ) from exc
+        if not isinstance(from_env, dict):
+            raise ConfigError(f"WSI_PATCHGD_STORAGE_OPTIONS: not a JSON object; {fix}")
+        opts.update(from_env)
+    given = drop_redacted(given) if given else given
     if str(url).startswith(("s3://", "s3a://")):
         endpoint = os.environ.get("S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in opts and "client_kwargs" not in opts:
             opts["endpoint_url"] = endpoint
     if given:
-        opts.update(given)
+        opts = _merge(opts, given)
     return opts
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``, nested mappings (``client_kwargs``) key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        old = out.get(k)
+        out[k] = _merge(old, v) if isinstance(v, Mapping) and isinstance(old, dict) else v
+    return out
 
 
 def filesystem(

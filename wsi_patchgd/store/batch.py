@@ -1,6 +1,7 @@
 """Many slides in one job on ``dask.distributed``, with a progress bar and a JSON report.
 
-A ``LocalCluster`` (one worker process-free, threads = ``workers``) by default, or any running
+A ``LocalCluster`` (one worker process-free, threads = ``workers``, bound to 127.0.0.1, no
+dashboard unless asked) by default, or any running
 scheduler (``tcp://host:8786``), so SLURM/PBS via dask-jobqueue and Kubernetes via
 dask-kubernetes work with no code of ours (the workers must import ``wsi_patchgd`` and reach the
 sources and the output URL). A failing slide is reported and skipped; the others finish.
@@ -43,18 +44,37 @@ def expand_sources(
         else:
             matches = sorted(glob.glob(item))
         if not matches:
-            failed.append(SlideResult(item, "", "failed", "no file matches this pattern"))
+            failed.append(
+                SlideResult(
+                    item, "", "failed", f"{item}: no file matches this pattern; check the pattern"
+                )
+            )
         out.extend(matches)
     return out, failed
 
 
 @contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
-    """A distributed Client: to ``scheduler`` if given, else on a fresh threaded LocalCluster."""
+def dask_client(
+    scheduler: str | None = None,
+    workers: int | None = None,
+    *,
+    dashboard: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[Any]:
+    """A distributed Client: to ``scheduler`` if given, else on a fresh threaded LocalCluster.
+
+    The local cluster listens on 127.0.0.1 only (scheduler, worker and their HTTP servers, on
+    free ports), and serves no dashboard unless ``dashboard`` (then on 127.0.0.1 too, its URL
+    passed to ``log``, stderr by default): none of it has authentication, so nothing is
+    reachable from another machine. A running ``scheduler``'s own settings are its own.
+    """
     from distributed import Client, LocalCluster
 
+    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if scheduler:
         with Client(scheduler) as client:
+            if dashboard:
+                say(f"dashboard: {client.dashboard_link} (as the scheduler at {scheduler} set it)")
             yield client
         return
     threads = workers or os.cpu_count() or 1
@@ -63,11 +83,18 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             n_workers=1,
             threads_per_worker=threads,
             processes=False,
-            dashboard_address=":0",  # a free port: never clashes with another cluster
+            host="127.0.0.1",
+            protocol="tcp://",  # inproc:// cannot bind to 127.0.0.1
+            dashboard_address="127.0.0.1:0" if dashboard else None,
+            # with no dashboard the scheduler's HTTP server (health, metrics) would take port
+            # 8787 of the host's address; a free port on 127.0.0.1 instead
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0", "dashboard": dashboard},
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,
     ):
+        if dashboard:
+            say(f"dashboard: {cluster.dashboard_link} (127.0.0.1 only, no authentication)")
         yield client
 
 
@@ -154,6 +181,7 @@ def convert_many(
     store_options: StorageOptions | None = None,
     client: Any = None,
     max_parallel_slides: int = 4,
+    dashboard: bool = False,
 ) -> list[SlideResult]:
     """Convert slides into ``out/<name>.zarr`` stores; never stops at a bad slide.
 
@@ -168,6 +196,8 @@ def convert_many(
         source_options, store_options: fsspec options.
         client: an existing ``distributed.Client`` to use (overrides scheduler/workers).
         max_parallel_slides: slides prepared and written at once.
+        dashboard: serve the local cluster's Dask dashboard on 127.0.0.1 and print its URL
+            (:func:`dask_client`).
 
     Returns:
         One :class:`SlideResult` per input slide (ok / failed / skipped), in input order.
@@ -217,7 +247,7 @@ def convert_many(
             if client is not None:
                 run_all(client)
             else:
-                with dask_client(scheduler, workers) as cl:
+                with dask_client(scheduler, workers, dashboard=dashboard) as cl:
                     run_all(cl)
     finally:
         progress.close()
@@ -237,9 +267,11 @@ def write_report(
     from dataclasses import asdict
 
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
+    locked = sum(r.status == "skipped" and (r.reason or "").startswith("locked") for r in results)
     doc = {
         "summary": {
             **counts,
+            "locked": locked,  # of the skipped: another job was converting them
             "total": len(results),
             "megapixels": sum(r.megapixels for r in results),
         },
