@@ -195,3 +195,17 @@ def test_unknown_policy_is_one_clear_error() -> None:
     head = PooledHead(8, 2, 8, 1, 0.0)
     with pytest.raises(ConfigError, match="norm policy 'instance'"):
         PatchGDModel(build_backbone("resnet18", 8), head, norm="instance")
+
+
+def test_norm_momentum_sets_every_batchnorm_of_both_methods() -> None:
+    from wsi_patchgd.engine.gd import GDModel
+    from wsi_patchgd.models.norm import set_momentum
+
+    pg = _model("batch", "mobilenet_v3_small")
+    gd = GDModel("mobilenet_v3_small", 3, 64, 8, None, 8, 1, 0.0)
+    assert {m.momentum for m in norm_layers(pg.backbone)} == {0.01}  # torchvision's choice
+    for model in (pg, gd):
+        assert set_momentum(model, 0.1) > 10
+        assert {m.momentum for m in norm_layers(model)} == {0.1}
+    with pytest.raises(ConfigError, match="momentum"):
+        set_momentum(pg, 0.0)

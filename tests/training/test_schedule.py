@@ -68,3 +68,16 @@ def test_logged_rate_is_the_rate_the_epoch_used(tiny_dataset: Path) -> None:
     assert recs[1]["lr"] < lr and recs[1]["lr"] > 0.5 * lr  # epoch 2: decaying from the peak
     for r in recs:  # last-iteration and all-iterations training accuracy, both logged
         assert 0 <= r["train_accuracy"] <= 1 and 0 <= r["train_accuracy_all_iterations"] <= 1
+
+
+def test_model_norm_momentum_reaches_the_built_model(tiny_dataset: Path) -> None:
+    from wsi_patchgd.models.norm import norm_layers
+    from wsi_patchgd.training.trainer import build
+
+    for method in ("patchgd", "gd"):
+        cfg = load_config(
+            tiny_dataset / "config.yaml",
+            [f"patchgd.method={method}", "model.norm_momentum=0.1", "output.dir=runs/mom"],
+        )
+        setup = build(cfg, log=lambda *a: None)
+        assert {m.momentum for m in norm_layers(setup.model)} == {0.1}

@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from ..errors import ConfigError
+from ..io import redact_storage_options
 
 
 @dataclass
@@ -43,6 +44,9 @@ class ModelConfig:
     dropout: float = 0.2
     background: str = "zero"  #: zero | learned
     checkpointing: bool = False
+    #: BatchNorm momentum of the whole model (None: the architecture's; MobileNetV3 and
+    #: EfficientNet use 0.01, which lags far behind the weights in a short run)
+    norm_momentum: float | None = None
 
 
 @dataclass
@@ -115,6 +119,14 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_saved_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the credentials in ``data.storage_options`` redacted: what a run
+        writes into its directory and checkpoints (secrets never reach the disk; a run that
+        reads such a config gets them from the environment, see :mod:`wsi_patchgd.io`)."""
+        d = self.to_dict()
+        d["data"]["storage_options"] = redact_storage_options(d["data"]["storage_options"])
+        return d
 
 
 _CHOICES = {
@@ -204,6 +216,16 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
 
 
 def _validate(cfg: RunConfig) -> None:
+    for section in dataclasses.fields(cfg):  # nan / inf pass every comparison below
+        node = getattr(cfg, section.name)
+        items = (
+            [(f"{section.name}.{f.name}", getattr(node, f.name)) for f in dataclasses.fields(node)]
+            if dataclasses.is_dataclass(node)
+            else [(section.name, node)]
+        )
+        for key, v in items:
+            if isinstance(v, float) and (v != v or abs(v) == float("inf")):
+                raise ConfigError(f"config key '{key}' = {v} must be a finite number")
     for key, choices in _CHOICES.items():
         v = _get(cfg, key)
         if v not in choices:
@@ -221,6 +243,20 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("config key 'data.tissue_threshold' must be in [0, 1]")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr' = {cfg.optim.lr} must be > 0")
+    if cfg.optim.weight_decay < 0:
+        raise ConfigError(
+            f"config key 'optim.weight_decay' = {cfg.optim.weight_decay} must be >= 0"
+        )
+    if not 0 <= cfg.optim.momentum < 1:
+        raise ConfigError(f"config key 'optim.momentum' = {cfg.optim.momentum} must be in [0, 1)")
+    if not 0 <= cfg.model.dropout < 1:
+        raise ConfigError(f"config key 'model.dropout' = {cfg.model.dropout} must be in [0, 1)")
+    if cfg.seed < 0:
+        raise ConfigError(f"config key 'seed' = {cfg.seed} must be >= 0")
+    for key, top in (("data.patch_size", 4096), ("patchgd.gd_image_size", 16384)):
+        v = _get(cfg, key)
+        if v is not None and v > top:
+            raise ConfigError(f"config key '{key}' = {v} must be <= {top}")
     if cfg.schedule.warmup_epochs < 0:
         raise ConfigError("config key 'schedule.warmup_epochs' must be >= 0")
     if cfg.schedule.decay_factor < 1:
@@ -294,10 +330,20 @@ def load_config(
     root = Path(".")
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a folder, not a config file; give the YAML file")
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{p}: not UTF-8 text (byte {exc.start}); save the config as UTF-8 YAML"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(
+                f"{p}: cannot read the config ({exc.strerror}); check its permissions"
+            ) from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
         if not isinstance(loaded, dict):
@@ -330,4 +376,5 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML, credentials redacted (:meth:`RunConfig.to_saved_dict`)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_saved_dict(), sort_keys=False))

@@ -27,11 +27,12 @@ from torch import nn
 from ..augment import AugmentConfig as Augmenter
 from ..augment import AugmentedSource
 from ..data import StorePatchSource, read_manifest
-from ..data.manifest import ManifestRow
+from ..data.manifest import ManifestRow, check_manifest_stores
 from ..engine.gd import GDModel, gd_predict, gd_train_batch
 from ..engine.patchgd import build_patchgd_model, predict, train_batch
-from ..errors import ConfigError
-from ..plots import plot_curves, plot_heatmap, read_metrics
+from ..errors import ConfigError, TrainingDivergedError
+from ..models.norm import set_momentum
+from ..plots import file_stem, plot_curves, plot_heatmap, read_metrics
 from ..sampling import build_sampler
 from ..store.slide_store import SlideStore
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -103,18 +104,49 @@ def _gd_side_for_budget(cfg: RunConfig, urls: Sequence[str], so: Any, log: Any) 
     return side
 
 
-def build(cfg: RunConfig, *, check_stores: bool = True, log: Any = print) -> Setup:
-    """Manifest, patch source, model and PatchGD settings of a config."""
+def build(
+    cfg: RunConfig,
+    *,
+    check_stores: bool = True,
+    log: Any = print,
+    manifest_rows: Sequence[ManifestRow] | None = None,
+) -> Setup:
+    """Manifest, patch source, model and PatchGD settings of a config.
+
+    ``manifest_rows`` (e.g. the stores given to ``predict``, built in memory) are used instead
+    of reading ``data.manifest``.
+    """
     so = cfg.data.storage_options or None
-    rows = read_manifest(
-        cfg.data.manifest, cfg.model.num_classes, check_stores=check_stores, storage_options=so
-    )
+    if manifest_rows is None:
+        rows = read_manifest(
+            cfg.data.manifest, cfg.model.num_classes, check_stores=check_stores, storage_options=so
+        )
+    else:
+        rows = list(manifest_rows)
+        if check_stores:
+            check_manifest_stores(rows, "stores", so)
     train_ids = [i for i, r in enumerate(rows) if r.fold in cfg.data.train_folds]
     val_ids = [i for i, r in enumerate(rows) if r.fold in cfg.data.val_folds]
     if not train_ids:
         raise ConfigError(f"{cfg.data.manifest}: no slide in train_folds {cfg.data.train_folds}")
     urls = [r.store for r in rows]
     device = pick_device(cfg.device)
+    setup = _build(cfg, rows, train_ids, val_ids, urls, so, device, log)
+    if cfg.model.norm_momentum is not None:
+        set_momentum(setup.model, cfg.model.norm_momentum)
+    return setup
+
+
+def _build(
+    cfg: RunConfig,
+    rows: list[ManifestRow],
+    train_ids: list[int],
+    val_ids: list[int],
+    urls: list[str],
+    so: Any,
+    device: torch.device,
+    log: Any,
+) -> Setup:
     m, p = cfg.model, cfg.patchgd
     if p.method == "gd":
         if p.memory_budget:
@@ -331,7 +363,7 @@ def _state(
         "epoch": epoch,
         "rng": rngs,
         "best": best,
-        "config": setup.cfg.to_dict(),
+        "config": setup.cfg.to_saved_dict(),  # credentials redacted
         "k": setup.k,
         "zeta": setup.zeta,
         "epsilon": setup.epsilon,
@@ -342,7 +374,9 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
     """Train (or resume) a run; returns the summary (also written to the run directory).
 
     Raises:
-        ConfigError: bad config, manifest problems, a run already in the output directory.
+        ConfigError: bad config, manifest problems, a run already in the output directory, a
+            resume whose config does not fit the checkpoint (``config.yaml`` is then untouched).
+        TrainingDivergedError: a NaN or infinite loss or weights; nothing of that epoch is saved.
     """
     out = Path(cfg.output.dir)
     ckpt_dir, plots = out / "checkpoints", out / "plots"
@@ -359,9 +393,11 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     setup = build(cfg, log=log)
+    st = load_checkpoint(last) if resume else None
+    if st is not None:  # before anything in the run directory changes
+        check_resumable(setup, st, last)
     out.mkdir(parents=True, exist_ok=True)
     plots.mkdir(exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     model = setup.model
     opt = _optimizer(cfg, model)
     sched = _scheduler(setup, opt)
@@ -372,11 +408,17 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
     sampler = build_sampler(cfg.patchgd.sampler)
     start, best = 0, -math.inf
     metrics_path = out / "metrics.jsonl"
-    if resume:
-        st = load_checkpoint(last)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
+    if st is not None:
+        try:
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            why = load_error(exc)
+            raise ConfigError(
+                f"{last}: does not fit this run's model and optimizer ({why}); train into a "
+                "new output.dir"
+            ) from exc
         shuffle_rng.bit_generator.state = st["rng"]["shuffle"]
         sampler_rng.bit_generator.state = st["rng"]["sampler"]
         augment_rng.bit_generator.state = st["rng"]["augment"]
@@ -387,6 +429,7 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
         log(f"resuming {out} at epoch {start + 1}")
     elif metrics_path.exists():
         metrics_path.unlink()
+    save_config(cfg, out / "config.yaml")
     loss_fn = nn.functional.cross_entropy
     autocast = torch.bfloat16 if cfg.precision == "bf16" else None
     bs = cfg.schedule.batch_size
@@ -417,7 +460,7 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
             disable=quiet,
             leave=False,
         )
-        for batch in bar:
+        for b_i, batch in enumerate(bar):
             labels = torch.tensor([setup.rows[i].label for i in batch])
             source: Any = setup.source
             if augment.enabled:  # one draw per image, the same transform for grid and patches
@@ -454,9 +497,15 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
             lrs += res["lrs"]
             y_all += labels.tolist()
             p_all += res["logits"][-1].argmax(1).tolist()
+            if not math.isfinite(res["loss"]):
+                bar.close()
+                raise _diverged(cfg, last, f"the loss is {res['loss']}", epoch, b_i, len(batches))
             tot_loss += res["loss"] * len(batch)
             n_img += len(batch)
             bar.set_postfix(loss=f"{tot_loss / n_img:.3f}")
+        bad = next((n for n, t in model.state_dict().items() if not bool(t.isfinite().all())), "")
+        if bad:  # the last step can blow up the weights while its loss was still finite
+            raise _diverged(cfg, last, f"weight {bad} is not finite", epoch, None, len(batches))
         val = evaluate_ids(setup, setup.val_ids)
         rec: dict[str, Any] = {
             "epoch": epoch,
@@ -489,13 +538,108 @@ def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[
             save_checkpoint(ckpt_dir / "best.pt", _state(setup, opt, sched, epoch, rngs, best))
         if (epoch + 1) % cfg.output.checkpoint_every == 0 or epoch + 1 == cfg.schedule.epochs:
             save_checkpoint(last, _state(setup, opt, sched, epoch, rngs, best))
-        plot_curves(read_metrics(metrics_path), plots / "curves.png", f"{method} {out.name}")
+        _plot_or_warn(
+            log,
+            plots / "curves.png",
+            lambda: plot_curves(
+                read_metrics(metrics_path), plots / "curves.png", f"{method} {out.name}"
+            ),
+        )
         log(
             f"epoch {epoch + 1}: train loss {rec['train_loss']:.4f} acc "
             f"{rec['train_accuracy']:.3f} | val loss {_f(rec['val_loss'])} acc "
             f"{_f(rec['val_accuracy'])} qwk {_f(rec['val_qwk'])} ({rec['seconds']:.1f} s)"
         )
     return _finish(setup, out, metrics_path, time.perf_counter() - t_start, log)
+
+
+#: config keys a resumed run may change: resources, output, reporting (not the run itself)
+_RESUME_FREE = ("data.storage_options", "patchgd.fill_batch_size", "patchgd.memory_budget",
+                "output.", "device", "deterministic", "precision")  # fmt: skip
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "storage_options":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(setup: Setup, state: dict[str, Any], path: Path) -> None:
+    """Refuse to resume ``state`` (a ``last.pt``) with a config that changes the run.
+
+    Compares the checkpoint's config with the new one on every key that defines the model, the
+    data, the PatchGD settings, the optimizer, the schedule and augmentation;
+    ``schedule.epochs`` may grow. Raises ConfigError naming the differing keys.
+    """
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        cfg_yaml = path.parent.parent / "config.yaml"
+        import yaml
+
+        saved = yaml.safe_load(cfg_yaml.read_text()) if cfg_yaml.is_file() else None
+    if not isinstance(saved, dict):
+        return  # nothing recorded to compare with (the state dicts are still checked)
+    old, new = _flat(saved), _flat(setup.cfg.to_dict())
+    diffs = []
+    for key, v in new.items():
+        if key not in old or key.startswith(_RESUME_FREE) or old[key] == v:
+            continue
+        if key == "schedule.epochs" and isinstance(old[key], int) and v >= old[key]:
+            continue
+        diffs.append(f"{key} {old[key]!r} -> {v!r}")
+    if setup.cfg.patchgd.method == "patchgd":
+        for key in ("k", "zeta", "epsilon"):
+            was = state.get(key)
+            if (
+                was is not None
+                and was != getattr(setup, key)
+                and not any(d.startswith(f"patchgd.{key} ") for d in diffs)
+            ):
+                diffs.append(f"patchgd.{key} (in effect) {was} -> {getattr(setup, key)}")
+    if diffs:
+        shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ConfigError(
+            f"{path}: cannot resume with a changed config ({shown}); resume with the run's "
+            f"settings ({path.parent.parent / 'config.yaml'}; schedule.epochs may grow) or "
+            "train into a new output.dir"
+        )
+
+
+def _diverged(
+    cfg: RunConfig, last: Path, what: str, epoch: int, batch: int | None, n_batches: int
+) -> TrainingDivergedError:
+    where = f"epoch {epoch + 1}" + (f", batch {batch + 1}/{n_batches}" if batch is not None else "")
+    again = ""
+    if last.exists():
+        again = f" into a new output.dir ({last.parent.parent} keeps its checkpoints)"
+    return TrainingDivergedError(
+        f"training diverged: {what} at {where}; nothing of epoch {epoch + 1} was saved; train "
+        f"again{again} with a lower optim.lr (now {cfg.optim.lr:g}) or a longer warm-up "
+        "(schedule.warmup_epochs)"
+    )
+
+
+def load_error(exc: BaseException) -> str:
+    """The telling line of a ``load_state_dict`` error (its first line only says that it failed),
+    at most 200 characters."""
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()] or [type(exc).__name__]
+    line = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _plot_or_warn(log: Any, path: Path, make: Any) -> None:
+    """Draw a plot; a failure is a warning line, never the loss of a finished run."""
+    try:
+        make()
+    except Exception as exc:
+        why = (str(exc).strip().splitlines() or [""])[0]
+        log(f"warning: {path}: plot not written ({type(exc).__name__}: {why}); the run goes on")
 
 
 def _f(v: float | None) -> str:
@@ -514,7 +658,8 @@ def _finish(setup: Setup, out: Path, metrics_path: Path, seconds: float, log: An
         val = evaluate_ids(setup, setup.val_ids, model)
         if cfg.patchgd.method == "patchgd" and cfg.output.heatmaps:
             for i in setup.val_ids[: cfg.output.heatmaps]:
-                write_heatmap(setup, i, out / "plots" / f"heatmap-{setup.rows[i].slide_id}.png")
+                png = out / "plots" / f"heatmap-{file_stem(setup.rows[i].slide_id)}.png"
+                _plot_or_warn(log, png, lambda i=i, png=png: write_heatmap(setup, i, png, model))
     summary = {
         "run": str(out),
         "method": cfg.patchgd.method,
