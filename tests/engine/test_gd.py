@@ -74,3 +74,27 @@ def test_gd_learns_a_tiny_problem() -> None:
             result = gd_train_batch(model, optimizer, source, ids, labels[ids], F.cross_entropy)
             losses.append(result["loss"])
     assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4])
+
+
+def test_frozen_policy_runs_gd_features_on_refreshed_running_statistics() -> None:
+    import numpy as np
+    import torch.nn.functional as F
+
+    from wsi_patchgd.engine.gd import GDModel, gd_train_batch
+    from wsi_patchgd.engine.patchgd import TensorPatchSource
+    from wsi_patchgd.models.norm import norm_layers
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8) for _ in range(4)]
+    source = TensorPatchSource(images, 16)
+    model = GDModel("resnet18", 2, 64, 8, None, 8, 1, 0.0, norm="frozen")
+    bn = norm_layers(model.features)
+    modes: list[bool] = []
+    bn[-1].register_forward_pre_hook(lambda m, a: modes.append(m.training))
+    before = bn[0].running_var.clone()  # type: ignore[union-attr]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    gd_train_batch(model, opt, source, [0, 1, 2, 3], torch.tensor([0, 1, 0, 1]), F.cross_entropy)
+    assert modes == [True, False]  # the refresh pass, then the step on running statistics
+    assert not torch.equal(before, bn[0].running_var)  # statistics learned from the images
+    assert np.isfinite(float(bn[0].running_var.mean()))  # type: ignore[union-attr]

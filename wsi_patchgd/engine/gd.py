@@ -27,7 +27,12 @@ from wsi_patchgd.engine.patchgd import LossFn, PatchSource, maybe_autocast
 from wsi_patchgd.errors import ConfigError
 from wsi_patchgd.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_feature_map
 from wsi_patchgd.models.heads import PooledHead
-from wsi_patchgd.models.norm import batchnorm_to_groupnorm, check_policy
+from wsi_patchgd.models.norm import (
+    batchnorm_to_groupnorm,
+    check_policy,
+    phase_mode,
+    refresh_statistics,
+)
 
 __all__ = ["GDModel", "GDStepResult", "gd_predict", "gd_train_batch", "load_image"]
 
@@ -55,10 +60,11 @@ class GDModel(nn.Module):
         dropout: Head ``Dropout2d`` probability.
         mean: Per-channel mean of ``[0, 1]`` inputs.
         std: Per-channel standard deviation.
-        norm: The PatchGD run's normalisation policy, for a like-for-like baseline: ``group``
-            replaces the BatchNorm layers by GroupNorm as in PatchGD; ``batch`` and ``frozen``
-            keep standard BatchNorm (train mode in training, running statistics at
-            evaluation: with whole images in a batch the two phases see the same inputs).
+        norm: The PatchGD run's normalisation policy, for a like-for-like baseline: ``batch``
+            is standard BatchNorm (train mode in training, running statistics at evaluation);
+            ``frozen`` runs the feature extractor on running statistics in training too, after
+            refreshing them from each batch's images (as PatchGD refreshes them from each
+            batch's patches); ``group`` replaces the BatchNorm layers by GroupNorm.
 
     Raises:
         ConfigError: Unknown backbone, bad weights, or a non-positive size.
@@ -204,7 +210,12 @@ def gd_train_batch(
         for s in group:
             ids = images[s : s + size]
             x = net.prepare([load_image(source, i) for i in ids])
-            with maybe_autocast(net.device, autocast_dtype):
+            with (
+                maybe_autocast(net.device, autocast_dtype),
+                phase_mode(net.features, net.norm, True),
+            ):
+                if net.norm == "frozen" and x.shape[0] >= 2:
+                    refresh_statistics(net.features, x)
                 logits = model(x)
             if autocast_dtype is not None:
                 logits = logits.float()
