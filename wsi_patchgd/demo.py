@@ -38,7 +38,7 @@ def _resumable(run_dir: Path, cfg: Any) -> bool:
     if not (run_dir / "checkpoints" / "last.pt").exists():
         return False
     saved = run_dir / "config.yaml"
-    wanted = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    wanted = yaml.safe_load(yaml.safe_dump(cfg.to_saved_dict(), sort_keys=False))
     if not saved.is_file() or yaml.safe_load(saved.read_text()) != wanted:
         raise ConfigError(
             f"{run_dir}: holds a run made with other settings (budget, epochs, backbone, ...); "
@@ -70,7 +70,6 @@ def run_demo(
             settings in ``out``.
     """
     from .training.config import load_config
-    from .training.trainer import train
 
     out = Path(out)
     level_side = side >> LEVEL
@@ -104,11 +103,12 @@ def run_demo(
         "output": {"heatmaps": 4},
         "seed": seed,
     }
-    from .models.backbones import _check_name
-
-    _check_name(backbone)  # the settings are checked before any slide is made
-    for method in ("patchgd", "gd"):
+    for method in ("patchgd", "gd"):  # every setting is checked before any slide is made
         load_config(None, [f"patchgd.method={method}", f"output.dir={out}"], base=base)
+    from .models.backbones import _check_name  # torch: after the quick checks
+    from .training.trainer import train
+
+    _check_name(backbone)
     _log(quiet, f"[1/5] generating {n_slides} synthetic slides ({side} x {side} px) in {out}")
     make_synthetic_dataset(
         out, n_slides, side, seed=seed, convert=False, log=lambda m: _log(quiet, m)

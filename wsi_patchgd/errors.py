@@ -37,3 +37,7 @@ class MemoryBudgetError(WsiPatchGDError):
 
 class StorageAccessError(WsiPatchGDError):
     """Remote storage refused access (credentials, bucket, endpoint)."""
+
+
+class TrainingDivergedError(WsiPatchGDError):
+    """The loss became NaN or infinite: training stopped before saving anything from that epoch."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def file_stem(name: str) -> str:
+    """``name`` as part of a file name: path separators and characters some file systems refuse
+    (``/ \\ : * ? " < > |``, control characters) become ``_``."""
+    safe = re.sub(r'[/\\:*?"<>|\x00-\x1f\x7f]', "_", name).strip(" .")
+    return safe or "_"
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -50,7 +50,7 @@ def test_run_directory(trained: Path) -> None:
             "val_qwk",
         ):
             assert r[key] is not None and r[key] == r[key], key
-    st = torch.load(trained / "checkpoints" / "last.pt", weights_only=False)
+    st = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "rng"} <= st.keys()
     assert st["epoch"] == 2 and {"shuffle", "sampler", "torch"} <= st["rng"].keys()
     for png in ("curves.png", "heatmap-s06.png", "heatmap-s07.png"):
@@ -84,11 +84,11 @@ def test_resume_after_kill_equals_uninterrupted(trained: Path, tiny_dataset: Pat
     assert proc.poll() is None, "run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert torch.load(last, weights_only=False)["epoch"] < 2
+    assert torch.load(last, weights_only=True)["epoch"] < 2
     r = cli("train", str(tiny_dataset / "config.yaml"), "output.dir=runs/killed", "--resume", "-q")
     assert r.returncode == 0, r.stderr
-    a = torch.load(trained / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(last, weights_only=False)
+    a = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(last, weights_only=True)
     for k, v in a["model"].items():
         torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0, msg=k)
     ma = (trained / "metrics.jsonl").read_text().splitlines()

@@ -9,7 +9,7 @@ import click
 from ..store import CODECS, ConvertOptions, convert_many
 from ..tissue import TissueParams
 from . import one_line_errors
-from .options import parse_storage_options, storage_options_option
+from .options import check_writable, parse_storage_options, storage_options_option
 
 
 @click.command("convert")
@@ -42,6 +42,12 @@ from .options import parse_storage_options, storage_options_option
 )
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
 @click.option("--workers", type=int, default=None, help="Threads of the local cluster.")
+@click.option(
+    "--dashboard",
+    is_flag=True,
+    help="Serve the local Dask cluster's dashboard on 127.0.0.1 (no authentication) and "
+    "print its URL; off by default.",
+)
 @click.option("--overwrite", is_flag=True, help="Rebuild stores that are already complete.")
 @click.option("--report", default=None, help="Write a JSON report of every slide here.")
 @click.option("--quiet", "-q", is_flag=True, help="A line per slide instead of a bar.")
@@ -61,6 +67,7 @@ def command(
     report: str | None,
     quiet: bool,
     storage_options: str | None,
+    dashboard: bool,
 ) -> None:
     """Convert slides (files, globs or URLs) into one store each under OUT.
 
@@ -77,6 +84,9 @@ def command(
         tissue=TissueParams(),
         overwrite=overwrite,
     )
+    check_writable(out, "--out", folder=True)  # before any slide is converted
+    if report:  # now, not after all of them
+        check_writable(report, "--report")
     results = convert_many(
         list(inputs),
         out,
@@ -87,6 +97,7 @@ def command(
         quiet=quiet,
         source_options=opts,
         store_options=opts,
+        dashboard=dashboard,
     )
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
     click.echo(

@@ -7,6 +7,7 @@ import sys
 import click
 
 from . import one_line_errors
+from .options import check_writable
 
 
 @click.command("make-ultramnist")
@@ -70,6 +71,8 @@ def make_ultramnist_command(
     from ..datasets.ultramnist import make_ultramnist
     from ..errors import ConfigError
 
+    check_writable(out, "--out", folder=True)
+
     sizes: tuple[int, int] | None = None
     if digit_sizes is not None:
         parts = digit_sizes.replace(" ", "").split(",")
@@ -109,6 +112,12 @@ def make_ultramnist_command(
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
 @click.option("--overwrite", is_flag=True, help="Rebuild stores that are already complete.")
 @click.option("--quiet", "-q", is_flag=True, help="A line per image instead of a bar.")
+@click.option(
+    "--dashboard",
+    is_flag=True,
+    help="Serve the local Dask cluster's dashboard on 127.0.0.1 (no authentication) and "
+    "print its URL; off by default.",
+)
 @one_line_errors
 def prepare_panda_command(
     root: str,
@@ -121,6 +130,7 @@ def prepare_panda_command(
     scheduler: str | None,
     overwrite: bool,
     quiet: bool,
+    dashboard: bool,
 ) -> None:
     """Manifest with stratified folds for the PANDA folder ROOT, and its images as stores.
 
@@ -131,6 +141,8 @@ def prepare_panda_command(
     import warnings
 
     from ..datasets.panda import prepare_panda
+
+    check_writable(out, "--out", folder=True)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the skipped rows are listed below
@@ -145,6 +157,7 @@ def prepare_panda_command(
             scheduler=scheduler,
             quiet=quiet,
             overwrite=overwrite,
+            dashboard=dashboard,
         )
     for msg in res.skipped:
         click.echo(f"skipped (no image): {msg}", err=True)
@@ -162,9 +175,13 @@ def prepare_panda_command(
 @click.command("make-synthetic")
 @click.option("--out", "out", required=True, help="Output folder (slides/, labels.csv, ...).")
 @click.option("--n", "n_slides", type=click.IntRange(min=1), required=True, help="Slides.")
-@click.option("--side", type=int, default=8192, show_default=True, help="Slide side (<= 100k).")
-@click.option("--classes", type=int, default=2, show_default=True)
-@click.option("--markers", type=int, default=3, show_default=True, help="Marker regions.")
+@click.option(
+    "--side", type=click.IntRange(256, 262_144), default=8192, show_default=True, help="Slide side."
+)
+@click.option("--classes", type=click.IntRange(2, 64), default=2, show_default=True)
+@click.option(
+    "--markers", type=click.IntRange(1, 256), default=3, show_default=True, help="Marker regions."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--convert/--no-convert",
@@ -174,6 +191,12 @@ def prepare_panda_command(
 )
 @click.option("--patch-size", type=int, default=256, show_default=True)
 @click.option("--workers", type=int, default=None, help="Dask threads for the conversion.")
+@click.option(
+    "--dashboard",
+    is_flag=True,
+    help="Serve the local Dask cluster's dashboard on 127.0.0.1 (no authentication) and "
+    "print its URL; off by default.",
+)
 @one_line_errors
 def make_synthetic_command(
     out: str,
@@ -185,11 +208,13 @@ def make_synthetic_command(
     convert: bool,
     patch_size: int,
     workers: int | None,
+    dashboard: bool,
 ) -> None:
     """Pyramidal JPEG-tiled TIFF slides with H&E-like texture; the class shows only in a few
     small marker regions. Slide i has label i % CLASSES; every third slide is validation."""
     from ..datasets.synthetic import make_synthetic_dataset
 
+    check_writable(out, "--out", folder=True)
     path = make_synthetic_dataset(
         out,
         n_slides,
@@ -201,5 +226,6 @@ def make_synthetic_command(
         patch_size=patch_size,
         workers=workers,
         log=lambda m: click.echo(m, err=True),
+        dashboard=dashboard,
     )
     click.echo(f"wrote {path}")

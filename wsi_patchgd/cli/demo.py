@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from . import one_line_errors
+from .options import check_writable
 
 
 @click.command("demo")
@@ -16,7 +17,13 @@ from . import one_line_errors
     show_default=True,
     help="Number of slides; every third one is a validation slide.",
 )
-@click.option("--side", default=2048, show_default=True, help="Slide side in pixels.")
+@click.option(
+    "--side",
+    type=click.IntRange(256, 262_144),
+    default=2048,
+    show_default=True,
+    help="Slide side in pixels.",
+)
 @click.option("--epochs", default=6, show_default=True)
 @click.option(
     "--memory-budget",
@@ -42,6 +49,7 @@ def command(
     quiet: bool,
 ) -> None:
     """Generate synthetic slides, convert them, train PatchGD and GD, write a report."""
+    check_writable(out, "--out", folder=True)
     from ..demo import run_demo
 
     report = run_demo(

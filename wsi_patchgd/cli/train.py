@@ -6,8 +6,22 @@ from pathlib import Path
 
 import click
 
+from ..errors import ConfigError
 from . import one_line_errors
-from .options import parse_storage_options, storage_options_option
+from .options import check_writable, parse_storage_options, storage_options_option
+
+
+def _checkpoint_file(path: str) -> Path:
+    """A checkpoint file, or a run directory's checkpoints/best.pt; it must exist."""
+    ck = Path(path)
+    if ck.is_dir():
+        ck = ck / "checkpoints" / "best.pt"
+    if not ck.is_file():
+        raise ConfigError(
+            f"{ck}: checkpoint not found; give a run's checkpoints/best.pt (or last.pt) or its "
+            "run directory"
+        )
+    return ck
 
 
 @click.command("train")
@@ -22,10 +36,18 @@ def train_command(
 ) -> None:
     """Train PatchGD (or the GD baseline) from CONFIG.yaml with key=value OVERRIDES."""
     from ..training.config import load_config
-    from ..training.trainer import train
 
     ovs = list(overrides) + ([f"patchgd.memory_budget={memory_budget}"] if memory_budget else [])
     cfg = load_config(config, ovs)
+    check_writable(cfg.output.dir, "output.dir", folder=True)
+    if resume and not (Path(cfg.output.dir) / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"{cfg.output.dir}: nothing to resume (no checkpoints/last.pt)")
+    from ..data.manifest import read_manifest
+
+    so = cfg.data.storage_options or None  # the rows now; their stores when the run starts
+    read_manifest(cfg.data.manifest, cfg.model.num_classes, check_stores=False, storage_options=so)
+    from ..training.trainer import train  # torch: after the quick checks
+
     s = train(cfg, resume=resume, quiet=quiet)
     click.echo(
         f"run: {s['run']}  best epoch {s['best_epoch']}  val accuracy "
@@ -44,12 +66,17 @@ def evaluate_command(
     checkpoint: str, folds: str | None, manifest: str | None, as_json: bool
 ) -> None:
     """Accuracy, QWK and confusion matrix of a checkpoint (a .pt file or a run directory)."""
-    from ..training.inference import dump, evaluate_checkpoint
+    f = None
+    if folds is not None:
+        try:
+            f = [int(x) for x in folds.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"--folds {folds!r}: give fold numbers separated by commas, e.g. 1 or 1,2"
+            ) from None
+    ck = _checkpoint_file(checkpoint)
+    from ..training.inference import dump, evaluate_checkpoint  # torch: after the quick checks
 
-    ck = Path(checkpoint)
-    if ck.is_dir():
-        ck = ck / "checkpoints" / "best.pt"
-    f = [int(x) for x in folds.split(",")] if folds else None
     res = evaluate_checkpoint(ck, f, manifest)
     if as_json:
         click.echo(dump(res))
@@ -76,11 +103,14 @@ def predict_command(
     storage_options: str | None,
 ) -> None:
     """Predict the class of each store with a checkpoint; write a CSV (and heat maps)."""
-    from ..training.inference import predict_stores
+    opts = parse_storage_options(storage_options)
+    check_writable(out, "--out")
+    if heatmaps:
+        check_writable(heatmaps, "--heatmaps", folder=True)
+    ck = _checkpoint_file(checkpoint)
+    from ..training.inference import predict_stores  # torch: after the quick checks
 
-    preds = predict_stores(
-        checkpoint, list(stores), out, heatmaps, parse_storage_options(storage_options)
-    )
+    preds = predict_stores(ck, list(stores), out, heatmaps, opts)
     for p in preds:
         click.echo(f"{p['slide_id']}: class {p['pred']}  p={max(p['probs']):.3f}")
     click.echo(f"wrote {out}")

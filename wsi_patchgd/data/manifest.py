@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,8 @@ from ..errors import ManifestError, StoreError, StoreIncompleteError
 from ..io import StorageOptions, filesystem, is_remote, local_path
 
 REQUIRED = ("slide_id", "store", "label")
+#: characters a slide id must not hold: they cannot be part of a file name on some system
+UNSAFE_ID = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f]')
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,26 @@ def read_manifest(
     """
     fs, path = filesystem(url, storage_options)
     try:
+        if fs.isdir(path):
+            raise ManifestError(f"{url}: is a folder, not a manifest; give the CSV file")
         text = fs.cat_file(path).decode("utf-8-sig")
     except FileNotFoundError as exc:
         raise ManifestError(f"{url}: manifest not found") from exc
-    reader = csv.DictReader(io.StringIO(text))
-    cols = reader.fieldnames or []
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"{url}: not UTF-8 text (byte {exc.start}); save the manifest as a UTF-8 CSV"
+        ) from exc
+    except OSError as exc:
+        raise ManifestError(
+            f"{url}: cannot read the manifest ({exc.strerror or exc}); check the path and its "
+            "permissions"
+        ) from exc
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        cols = reader.fieldnames or []
+        records = list(reader)
+    except csv.Error as exc:
+        raise ManifestError(f"{url}: not a valid CSV ({exc}); fix the file") from exc
     missing = [c for c in REQUIRED if c not in cols]
     if missing:
         raise ManifestError(
@@ -59,11 +77,18 @@ def read_manifest(
     base = url.rsplit("/", 1)[0] if "/" in url else "."
     rows: list[ManifestRow] = []
     seen: set[str] = set()
-    for n, rec in enumerate(reader, start=2):  # line numbers as an editor shows them
+    for n, rec in enumerate(records, start=2):  # line numbers as an editor shows them
         where = f"{url} line {n}"
         sid = (rec.get("slide_id") or "").strip()
         if not sid:
             raise ManifestError(f"{where}: empty slide_id")
+        bad = UNSAFE_ID.search(sid)
+        if bad or sid in (".", ".."):
+            what = f"contains {bad.group()!r}" if bad else "is not a name"
+            raise ManifestError(
+                f"{where}: slide_id {sid!r} {what}; slide ids name files (heat maps), so use "
+                "letters, digits, '.', '-' and '_'"
+            )
         if sid in seen:
             raise ManifestError(f"{where}: slide_id {sid!r} appears twice")
         seen.add(sid)

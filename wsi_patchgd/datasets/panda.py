@@ -255,6 +255,7 @@ def prepare_panda(
     scheduler: str | None = None,
     quiet: bool = False,
     overwrite: bool = False,
+    dashboard: bool = False,
 ) -> PandaResult:
     """Build the manifest of a PANDA folder and convert its images into stores.
 
@@ -275,6 +276,7 @@ def prepare_panda(
         scheduler: address of a running Dask scheduler instead.
         quiet: a line per image instead of a progress bar.
         overwrite: rebuild complete stores.
+        dashboard: serve the local Dask cluster's dashboard on 127.0.0.1, print its URL.
 
     Returns:
         What was written, skipped and dropped.
@@ -301,6 +303,7 @@ def prepare_panda(
         workers=workers,
         report=str(out_p / "convert-report.json"),
         quiet=quiet,
+        dashboard=dashboard,
     )
     dropped: list[str] = []
     keep: list[ManifestRow] = []

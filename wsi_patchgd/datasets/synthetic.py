@@ -1334,13 +1334,15 @@ def make_synthetic_dataset(
     patch_size: int = 256,
     workers: int | None = None,
     log: Any = None,
+    dashboard: bool = False,
 ) -> Path:
     """A labelled set of synthetic slides (and, with ``convert``, their stores + a manifest).
 
     Slide ``i`` gets label ``i % n_classes``; every ``val_every``-th slide is fold 1
     (validation), the rest fold 0. Existing slide files are kept (re-running resumes). Writes
     ``out/slides/slide<i>.tif``, ``out/labels.csv`` (file, label, fold, marker boxes) and, with
-    ``convert``, ``out/stores/`` and ``out/manifest.csv``.
+    ``convert``, ``out/stores/`` and ``out/manifest.csv``. ``dashboard``: serve the
+    conversion's local Dask dashboard on 127.0.0.1 and print its URL.
 
     Returns:
         The manifest path (``convert``) or the labels path.
@@ -1399,6 +1401,7 @@ def make_synthetic_dataset(
         workers=workers,
         quiet=True,
         report=str(root / "convert-report.json"),
+        dashboard=dashboard,
     )
     failed = [r for r in results if r.status == "failed"]
     if failed:

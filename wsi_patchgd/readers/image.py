@@ -32,6 +32,11 @@ class ImageReader(SlideReader):
                     arr = np.asarray(im.convert("RGBA" if "A" in im.mode else "RGB"))
                 elif im.mode.startswith("I;16") or im.mode == "I":  # 16-bit gray
                     arr = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+        except Image.DecompressionBombError as exc:  # refused before decoding anything
+            raise SlideReadError(
+                f"{self.source}: {str(exc).rstrip('.')}; a plain image this large "
+                "is decoded into memory at once: convert it into a pyramidal tiled TIFF first"
+            ) from exc
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             reason = (
                 "not an image format Pillow knows"

@@ -4,26 +4,59 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data.manifest import ManifestRow
+from ..data.manifest import ManifestRow, check_manifest_stores, read_manifest
 from ..errors import ConfigError
 from .checkpoint import load_checkpoint
 from .config import RunConfig, _build, _validate
-from .trainer import Setup, build, evaluate_ids, write_heatmap
+
+if TYPE_CHECKING:  # the trainer (torchvision, matplotlib) is imported after the quick checks
+    from .trainer import Setup
 
 
-def config_from_checkpoint(state: dict[str, Any]) -> RunConfig:
-    cfg: RunConfig = _build(RunConfig, state["config"], "")
-    _validate(cfg)
+def _log(*a: Any) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> RunConfig:
+    """The run config saved in a training checkpoint.
+
+    Raises:
+        ConfigError: no config in it (a plain state dict) or one this version cannot read.
+    """
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise ConfigError(
+            f"{path}: holds no run config (a plain state dict?); give a checkpoint written by "
+            "`wsi-patchgd train` (a run's checkpoints/best.pt or last.pt)"
+        )
+    try:
+        cfg: RunConfig = _build(RunConfig, saved, "")
+        _validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: its run config is not valid here ({exc})") from exc
     return cfg
 
 
-def _load_model(setup: Setup, state: dict[str, Any]) -> None:
-    setup.model.load_state_dict(state["model"])
+def _load_model(setup: Setup, state: dict[str, Any], path: str | Path = "checkpoint") -> None:
+    try:
+        setup.model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        from .trainer import load_error
+
+        m = setup.cfg.model
+        why = load_error(exc)
+        raise ConfigError(
+            f"{path}: its weights do not fit the model of its config (model.backbone="
+            f"{m.backbone}, model.num_classes={m.num_classes}: {why}); use the checkpoint "
+            "that run wrote, unchanged"
+        ) from exc
     setup.model.eval()
 
 
@@ -32,14 +65,34 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on validation folds (or given folds / another manifest)."""
     state = load_checkpoint(checkpoint)
-    cfg = config_from_checkpoint(state)
+    cfg = config_from_checkpoint(state, checkpoint)
     if manifest:
         cfg.data.manifest = manifest
+    so = cfg.data.storage_options or None
+    rows = read_manifest(  # its rows now, its stores in build()
+        cfg.data.manifest, cfg.model.num_classes, storage_options=so, check_stores=False
+    )
     if folds is not None:
+        have = sorted({r.fold for r in rows})
+        missing = [f for f in folds if f not in have]
+        if missing:
+            raise ConfigError(
+                f"{cfg.data.manifest}: no slide in fold(s) {missing}; its folds are {have}: pick "
+                "--folds from them"
+            )
         cfg.data.val_folds = folds
         cfg.data.train_folds = [f for f in cfg.data.train_folds if f not in folds] or [-1]
+    elif not any(r.fold in cfg.data.val_folds for r in rows):
+        raise ConfigError(
+            f"{cfg.data.manifest}: no slide in the run's validation fold(s) "
+            f"{cfg.data.val_folds}; give --folds"
+        )
+    if not any(r.fold in cfg.data.train_folds for r in rows):  # e.g. another manifest
+        cfg.data.train_folds = [-1]
+    from .trainer import build, evaluate_ids
+
     setup = build(cfg, log=lambda *a: None) if cfg.data.train_folds != [-1] else _build_any(cfg)
-    _load_model(setup, state)
+    _load_model(setup, state, checkpoint)
     res = evaluate_ids(setup, setup.val_ids)
     res["checkpoint"] = str(checkpoint)
     res["epoch"] = state.get("epoch")
@@ -47,6 +100,8 @@ def evaluate_checkpoint(
 
 
 def _build_any(cfg: RunConfig) -> Setup:
+    from .trainer import build
+
     folds = cfg.data.val_folds
     cfg.data.train_folds = folds  # build() needs train images; evaluation uses val ids only
     cfg.data.val_folds = []
@@ -64,38 +119,45 @@ def predict_stores(
 ) -> list[dict[str, Any]]:
     """Predicted class and probabilities for each store; CSV (and heat map PNGs)."""
     state = load_checkpoint(checkpoint)
-    cfg = config_from_checkpoint(state)
-    if storage_options:
-        cfg.data.storage_options = storage_options
-    rows = [ManifestRow(Path(s.rstrip("/")).stem, s, 0, 0) for s in stores]
-    if not rows:
+    cfg = config_from_checkpoint(state, checkpoint)
+    if storage_options:  # over the saved ones (endpoint ...; their credentials were redacted)
+        cfg.data.storage_options = {**cfg.data.storage_options, **storage_options}
+    if not stores:
         raise ConfigError("predict needs at least one store")
-    tmp = Path(out_csv).with_suffix(".manifest.csv")
-    from ..data.manifest import write_manifest
+    # the prediction set lives in memory: nothing is written next to out_csv, and store paths
+    # stay what the caller gave (relative ones relative to the working directory)
+    rows, seen = [], set()
+    for url in stores:
+        sid = Path(url.rstrip("/")).stem
+        if sid in seen:
+            raise ConfigError(f"{url}: store name {sid!r} given twice; give each store once")
+        seen.add(sid)
+        rows.append(ManifestRow(sid, url, 0, 0))
+    cfg.data.train_folds, cfg.data.val_folds = [0], []
+    check_manifest_stores(rows, "predict", cfg.data.storage_options or None)
+    from ..plots import file_stem
+    from .trainer import _plot_or_warn, build, evaluate_ids, write_heatmap
 
-    write_manifest(str(tmp), rows)
-    try:
-        cfg.data.manifest = str(tmp)
-        cfg.data.train_folds, cfg.data.val_folds = [0], []
-        setup = build(cfg, log=lambda *a: None)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _load_model(setup, state)
+    setup = build(cfg, log=lambda *a: None, manifest_rows=rows, check_stores=False)
+    _load_model(setup, state, checkpoint)
     res = evaluate_ids(setup, list(range(len(rows))))
     preds = res["predictions"]
     out = Path(out_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     n = cfg.model.num_classes
-    with open(out, "w", newline="") as fh:
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:  # then renamed: never half a CSV
         w = csv.writer(fh)
         w.writerow(["slide_id", "store", "pred"] + [f"p{c}" for c in range(n)])
         for row, p in zip(rows, preds, strict=True):
             w.writerow([row.slide_id, row.store, p["pred"], *p["probs"]])
+    os.replace(tmp, out)
     if heatmaps and cfg.patchgd.method == "patchgd":
         hd = Path(heatmaps)
         hd.mkdir(parents=True, exist_ok=True)
         for i, row in enumerate(rows):
-            write_heatmap(setup, i, hd / f"heatmap-{row.slide_id}.png")
+            png = hd / f"heatmap-{file_stem(row.slide_id)}.png"
+            _plot_or_warn(_log, png, lambda i=i, png=png: write_heatmap(setup, i, png))
     return [
         {"slide_id": r.slide_id, "store": r.store, **p} for r, p in zip(rows, preds, strict=True)
     ]
