@@ -370,9 +370,13 @@ def main(argv: list[str] | None = None) -> int:
                     epochs = max(epochs, int(pg_s // per_epoch))
                 sets.append(f"schedule.epochs={epochs}")
             cfg = load_config(None, common + sets, base=base)
-            resume = (run / "checkpoints" / "last.pt").exists()
-            log(f"[3] seed {seed}: {name} ({'resuming' if resume else 'new run'}) -> {run}")
-            s = train(cfg, resume=resume, quiet=args.quiet)
+            if (run / "summary.json").exists():  # finished earlier (e.g. by another process)
+                log(f"[3] seed {seed}: {name} finished already -> {run}")
+                s = json.loads((run / "summary.json").read_text())
+            else:
+                resume = (run / "checkpoints" / "last.pt").exists()
+                log(f"[3] seed {seed}: {name} ({'resuming' if resume else 'new run'}) -> {run}")
+                s = train(cfg, resume=resume, quiet=args.quiet)
             s = {k: v for k, v in s.items() if k not in ("predictions", "val_confusion")}
             s.update(final_and_best(run))
             if name == "gd-full":
