@@ -98,3 +98,17 @@ def s3_bucket(s3_server: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]
     name = f"b-{uuid.uuid4().hex[:10]}"
     fs.mkdir(name)
     yield f"s3://{name}", dict(s3_server)
+
+
+def cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m wsi_patchgd ARGS`` in a subprocess (the real CLI), capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "wsi_patchgd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )

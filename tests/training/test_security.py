@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +15,10 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import cli
 from wsi_patchgd.errors import ConfigError
 from wsi_patchgd.io import REDACTED, redact_storage_options, storage_options_from_env
 from wsi_patchgd.training.checkpoint import load_checkpoint
-
-
-def cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsi_patchgd", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-        env=env,
-    )
 
 
 def one_error_line(r: subprocess.CompletedProcess[str]) -> str:

@@ -14,19 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import cli
 from wsi_patchgd.errors import ConfigError, MemoryBudgetError
 from wsi_patchgd.training.config import load_config
 from wsi_patchgd.training.trainer import train
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsi_patchgd", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-    )
 
 
 @pytest.fixture(scope="module")
