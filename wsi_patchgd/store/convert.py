@@ -529,7 +529,7 @@ class StoreLock:
                 else:
                     os.unlink(self.path)
         except OSError:
-            pass  # left behind, it goes stale
+            pass  # not fatal: a lock we cannot delete is taken over once stale (lock_stale_after)
 
     def busy_reason(self) -> str:
         """The report's reason for a store another job holds."""
