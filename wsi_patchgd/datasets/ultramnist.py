@@ -69,8 +69,8 @@ import zarr
 from ..errors import ConfigError, StoreError, WsiPatchGDError
 from ..io import zarr_store
 from ..readers.base import Level, SlideReader
+from ..store import ConvertOptions, create_store, downsample2x, plan_levels, store_metadata
 from ..store.chunk_reader import supports
-from ..store.convert import ConvertOptions, _create_store, _meta, downsample2x, plan_levels
 from ..store.format import ATTR_KEY
 from ..store.shard_writer import ShardWriter
 
@@ -597,7 +597,7 @@ def write_image_store(
     plans = plan_levels(reader, options)
     identity: dict[str, Any] = {"name": name, "url": f"generated:{name}", "size": 0, "mtime": None}
     identity.update(source or {})
-    _create_store(dest, None, reader, plans, options, identity)
+    create_store(dest, None, reader, plans, options, identity)
     group = zarr.open_group(zarr_store(dest), mode="r+")
     level = np.ascontiguousarray(rgb.transpose(2, 0, 1))
     for pl in plans:
@@ -626,7 +626,9 @@ def write_image_store(
         "mask_downsample": mask_plan.downsample,
         "fraction": 1.0,
     }
-    group.attrs[ATTR_KEY] = _meta(reader, plans, options, identity, complete=True, tissue=tissue)
+    group.attrs[ATTR_KEY] = store_metadata(
+        reader, plans, options, identity, complete=True, tissue=tissue
+    )
 
 
 # --------------------------------------------------------------------------------------------

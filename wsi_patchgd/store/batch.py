@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import WsiPatchGDError
 from ..io import StorageOptions, filesystem, is_remote, join
-from .convert import ConvertOptions, SlideResult, _write_shard, convert_slide, store_name
+from .convert import ConvertOptions, SlideResult, convert_slide, store_name, write_shard
 
 _GLOB_CHARS = set("*?[")
 
@@ -104,7 +104,7 @@ def dask_shard_runner(client: Any) -> Callable[..., None]:
     from distributed import as_completed
 
     def run(tasks: list[tuple[Any, ...]], on_done: Callable[[float], None]) -> None:
-        graph = [dask.delayed(_write_shard, pure=False)(*t) for t in tasks]
+        graph = [dask.delayed(write_shard, pure=False)(*t) for t in tasks]
         futures = client.compute(graph)
         try:
             for fut in as_completed(futures):

@@ -208,7 +208,7 @@ def _marker_key(level: int, sy: int, sx: int) -> str:
     return f"{PROGRESS_PREFIX}/{level}/{sy}.{sx}"
 
 
-def _write_shard(job: _Job, plan: _LevelPlan, sy: int, sx: int) -> float:
+def write_shard(job: _Job, plan: _LevelPlan, sy: int, sx: int) -> float:
     """Read and write one shard; returns megapixels written."""
     s = job.shard
     y, x = sy * s, sx * s
@@ -625,7 +625,7 @@ def _store_state(url: str, storage_options: StorageOptions | None) -> dict[str, 
     return dict(group.attrs.get(ATTR_KEY) or {})  # type: ignore[arg-type]
 
 
-def _create_store(
+def create_store(
     url: str,
     storage_options: StorageOptions | None,
     reader: SlideReader,
@@ -640,7 +640,7 @@ def _create_store(
     group.attrs.update(
         {
             "ome": ome_multiscales(identity["name"], [pl.downsample for pl in plans], reader.mpp),
-            ATTR_KEY: _meta(reader, plans, options, identity, complete=False),
+            ATTR_KEY: store_metadata(reader, plans, options, identity, complete=False),
         }
     )
 
@@ -664,7 +664,7 @@ def _create_level(group: zarr.Group, pl: _LevelPlan, options: ConvertOptions) ->
     )
 
 
-def _meta(
+def store_metadata(
     reader: SlideReader,
     plans: list[_LevelPlan],
     options: ConvertOptions,
@@ -879,7 +879,7 @@ def run_shards_locally(
 ) -> None:
     """Write shards one after another in this thread (no Dask; for tests and tiny images)."""
     for t in tasks:
-        on_done(_write_shard(*t))
+        on_done(write_shard(*t))
 
 
 def convert_slide(
@@ -988,7 +988,7 @@ def convert_slide(
                 if tasks:
                     run_shards(tasks, _done)
             tissue = _finish_tissue(target, store_options, plans, options)
-            meta = _meta(reader, plans, options, identity, complete=True, tissue=tissue)
+            meta = store_metadata(reader, plans, options, identity, complete=True, tissue=tissue)
             problems = verify_store(target, store_options, meta, deep=True)
             if problems:
                 raise StoreError(
@@ -1152,7 +1152,7 @@ def _prepare_target(
         _reopen(target, store_options, plans, options, damaged)
     else:
         _remove(target, store_options)
-        _create_store(target, store_options, reader, plans, options, identity)
+        create_store(target, store_options, reader, plans, options, identity)
     return target, resumed, damaged
 
 
