@@ -54,8 +54,8 @@ def log(msg: str) -> None:
 
 def step_budget(cfg: Any) -> tuple[int, Any]:
     """Bytes one PatchGD step of ``cfg`` needs (its own k), and the plan."""
+    from wsi_patchgd.training.build import build
     from wsi_patchgd.training.memory import plan_memory
-    from wsi_patchgd.training.trainer import build
 
     setup = build(cfg, log=lambda *a: None)
     grids = [setup.source.grid(i) for i in range(len(setup.rows))]

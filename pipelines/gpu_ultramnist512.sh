@@ -23,7 +23,7 @@ common=(data.manifest="$PWD/$OUT/data/manifest.csv" schedule.epochs="$EPOCHS" de
 BUDGET=$("$PY" - "$OUT" <<'PY'
 import sys
 from wsi_patchgd.training.config import load_config
-from wsi_patchgd.training.trainer import build
+from wsi_patchgd.training.build import build
 from wsi_patchgd.training.memory import plan_memory
 out = sys.argv[1]
 cfg = load_config("pipelines/ultramnist-512.yaml",

@@ -72,7 +72,7 @@ def test_logged_rate_is_the_rate_the_epoch_used(tiny_dataset: Path) -> None:
 
 def test_model_norm_momentum_reaches_the_built_model(tiny_dataset: Path) -> None:
     from wsi_patchgd.models.norm import norm_layers
-    from wsi_patchgd.training.trainer import build
+    from wsi_patchgd.training.build import build
 
     for method in ("patchgd", "gd"):
         cfg = load_config(

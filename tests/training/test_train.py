@@ -138,7 +138,7 @@ def test_config_errors(tiny_dataset: Path) -> None:
 
 
 def test_memory_budget_picks_k(tiny_dataset: Path) -> None:
-    from wsi_patchgd.training.trainer import build
+    from wsi_patchgd.training.build import build
 
     cfg = load_config(
         tiny_dataset / "config.yaml",
@@ -156,8 +156,8 @@ def test_memory_budget_downscales_gd(tiny_dataset: Path) -> None:
     """GD under a budget gets the largest side whose step fits; PatchGD's k=1 need is met by a
     budget far below GD at full resolution."""
     from wsi_patchgd.engine.gd import GDModel
+    from wsi_patchgd.training.build import build
     from wsi_patchgd.training.memory import gd_step_bytes, plan_gd_image_size
-    from wsi_patchgd.training.trainer import build
 
     model = GDModel("mobilenet_v2", 2, 64, 32, None, 32, 2, 0.0)
     need = [gd_step_bytes(model, s, 4) for s in (32, 64, 128, 256)]

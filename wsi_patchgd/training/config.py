@@ -368,6 +368,17 @@ def load_config(
     return cfg
 
 
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """A validated :class:`RunConfig` from a mapping (a saved ``config.yaml`` or a checkpoint's).
+
+    Raises:
+        ConfigError: unknown key, bad value.
+    """
+    cfg: RunConfig = _build(RunConfig, data, "")
+    _validate(cfg)
+    return cfg
+
+
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():

@@ -14,10 +14,10 @@ import torch
 from ..data.manifest import ManifestRow, check_manifest_stores, read_manifest
 from ..errors import ConfigError
 from .checkpoint import load_checkpoint
-from .config import RunConfig, _build, _validate
+from .config import RunConfig, config_from_dict
 
 if TYPE_CHECKING:  # the trainer (torchvision, matplotlib) is imported after the quick checks
-    from .trainer import Setup
+    from .setup import Setup
 
 
 def _log(*a: Any) -> None:
@@ -37,8 +37,7 @@ def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint
             "`wsi-patchgd train` (a run's checkpoints/best.pt or last.pt)"
         )
     try:
-        cfg: RunConfig = _build(RunConfig, saved, "")
-        _validate(cfg)
+        cfg = config_from_dict(saved)
     except ConfigError as exc:
         raise ConfigError(f"{path}: its run config is not valid here ({exc})") from exc
     return cfg
@@ -48,7 +47,7 @@ def _load_model(setup: Setup, state: dict[str, Any], path: str | Path = "checkpo
     try:
         setup.model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
-        from .trainer import load_error
+        from .resume import load_error
 
         m = setup.cfg.model
         why = load_error(exc)
@@ -89,7 +88,8 @@ def evaluate_checkpoint(
         )
     if not any(r.fold in cfg.data.train_folds for r in rows):  # e.g. another manifest
         cfg.data.train_folds = [-1]
-    from .trainer import build, evaluate_ids
+    from .build import build
+    from .evaluate import evaluate_ids
 
     setup = build(cfg, log=lambda *a: None) if cfg.data.train_folds != [-1] else _build_any(cfg)
     _load_model(setup, state, checkpoint)
@@ -100,7 +100,7 @@ def evaluate_checkpoint(
 
 
 def _build_any(cfg: RunConfig) -> Setup:
-    from .trainer import build
+    from .build import build
 
     folds = cfg.data.val_folds
     cfg.data.train_folds = folds  # build() needs train images; evaluation uses val ids only
@@ -136,7 +136,9 @@ def predict_stores(
     cfg.data.train_folds, cfg.data.val_folds = [0], []
     check_manifest_stores(rows, "predict", cfg.data.storage_options or None)
     from ..plots import file_stem
-    from .trainer import _plot_or_warn, build, evaluate_ids, write_heatmap
+    from .build import build
+    from .evaluate import evaluate_ids, write_heatmap
+    from .report import plot_or_warn
 
     setup = build(cfg, log=lambda *a: None, manifest_rows=rows, check_stores=False)
     _load_model(setup, state, checkpoint)
@@ -152,12 +154,12 @@ def predict_stores(
         for row, p in zip(rows, preds, strict=True):
             w.writerow([row.slide_id, row.store, p["pred"], *p["probs"]])
     os.replace(tmp, out)
-    if heatmaps and cfg.patchgd.method == "patchgd":
+    if heatmaps and setup.method.has_heatmaps:
         hd = Path(heatmaps)
         hd.mkdir(parents=True, exist_ok=True)
         for i, row in enumerate(rows):
             png = hd / f"heatmap-{file_stem(row.slide_id)}.png"
-            _plot_or_warn(_log, png, lambda i=i, png=png: write_heatmap(setup, i, png))
+            plot_or_warn(_log, png, lambda i=i, png=png: write_heatmap(setup, i, png))
     return [
         {"slide_id": r.slide_id, "store": r.store, **p} for r, p in zip(rows, preds, strict=True)
     ]

@@ -1,0 +1,93 @@
+"""Evaluating a model on a run's slides: metrics and predictions, and per-patch heat maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..plots import plot_heatmap
+from .metrics import accuracy, confusion, qwk
+from .setup import Setup
+
+
+def evaluate_ids(
+    setup: Setup, ids: Sequence[int], model: nn.Module | None = None
+) -> dict[str, Any]:
+    """Loss, accuracy, QWK, confusion matrix and per-slide predictions on the given images.
+
+    Returns:
+        ``{}`` when ``ids`` is empty, else ``loss``, ``accuracy``, ``qwk``, ``confusion`` and
+        ``predictions`` (slide_id, label, pred, probs per image).
+    """
+    model = model or setup.model
+    cfg = setup.cfg
+    if not ids:
+        return {}
+    bs = cfg.schedule.batch_size
+    autocast = torch.bfloat16 if cfg.precision == "bf16" else None
+    logits = torch.cat(
+        [
+            setup.method.predict(setup, model, list(ids[i : i + bs]), autocast).float().cpu()
+            for i in range(0, len(ids), bs)
+        ]
+    )
+    y = torch.tensor([setup.rows[i].label for i in ids])
+    pred = logits.argmax(1)
+    n_cls = cfg.model.num_classes
+    return {
+        "loss": float(nn.functional.cross_entropy(logits, y)),
+        "accuracy": accuracy(y.numpy(), pred.numpy()),
+        "qwk": qwk(y.numpy(), pred.numpy(), n_cls),
+        "confusion": confusion(y.numpy(), pred.numpy(), n_cls),
+        "predictions": [
+            {
+                "slide_id": setup.rows[i].slide_id,
+                "label": setup.rows[i].label,
+                "pred": int(p),
+                "probs": [round(float(v), 5) for v in pr],
+            }
+            for i, p, pr in zip(ids, pred, logits.softmax(1), strict=True)
+        ],
+    }
+
+
+def latent_heatmap(setup: Setup, image: int, model: nn.Module | None = None) -> np.ndarray:
+    """Per-patch contribution to the predicted class: sum over D of Z * dlogit/dZ (grad x input).
+
+    Returns:
+        (n_h, n_w) float64; background and padding cells are nan.
+    """
+    net = model or setup.model
+    net.eval()
+    latent, _ = net.fill(setup.source, [image], setup.fill_batch_size)  # type: ignore[operator]
+    z = latent.z.detach().requires_grad_(True)
+    logits = net.head(z, latent.valid)  # type: ignore[operator]
+    logits[0, int(logits.argmax(1)[0])].backward()
+    assert z.grad is not None
+    heat = (z.grad * z).sum(1)[0].detach().cpu().numpy().astype(np.float64)
+    grid = latent.grids[0]
+    heat = heat[: grid.n_h, : grid.n_w]
+    heat[~np.asarray(grid.tissue)] = np.nan
+    return heat
+
+
+def write_heatmap(setup: Setup, image: int, out: Path, model: nn.Module | None = None) -> Path:
+    """A PNG of :func:`latent_heatmap` over a thumbnail of the slide (at most 1024 px)."""
+    heat = latent_heatmap(setup, image, model)
+    store = setup.source.store(image)
+    lvl = next(
+        (i for i in range(store.n_levels) if max(store.level_shape(i)) <= 1024), store.n_levels - 1
+    )
+    h, w = store.level_shape(lvl)
+    thumb = store.read_region(lvl, 0, 0, w, h)
+    level = setup.source.levels[image]
+    lh, lw = store.level_shape(level)
+    p = setup.source.patch_size
+    ext = (heat.shape[0] * p / lh, heat.shape[1] * p / lw)
+    row = setup.rows[image]
+    return plot_heatmap(thumb, heat, out, f"{row.slide_id} (label {row.label})", ext)
