@@ -134,8 +134,13 @@ def child_step(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from wsi_patchgd.engine.gd import GDModel, gd_train_batch
-    from wsi_patchgd.engine.patchgd import TensorPatchSource, build_patchgd_model, train_batch
+    from wsi_patchgd.engine import (
+        TensorPatchSource,
+        build_gd_model,
+        build_patchgd_model,
+        gd_train_batch,
+        train_batch,
+    )
     from wsi_patchgd.sampling import PermutationSampler
     from wsi_patchgd.training.memory import plan_memory
 
@@ -193,7 +198,7 @@ def child_step(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
 
     else:
-        model = GDModel(BACKBONE, N_CLASSES, image_size=side, out_dim=LATENT_DIM).to(dev)
+        model = build_gd_model(BACKBONE, N_CLASSES, image_size=side, out_dim=LATENT_DIM).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def step() -> None:
@@ -395,7 +400,7 @@ def bench_loader(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import torch
 
     from wsi_patchgd.data.loader import StorePatchSource
-    from wsi_patchgd.engine.patchgd import build_patchgd_model
+    from wsi_patchgd.engine import build_patchgd_model
     from wsi_patchgd.store import ConvertOptions, SlideStore, convert_slide
     from wsi_patchgd.tissue import patch_tissue_fractions
 

@@ -98,12 +98,13 @@ def pretrain_on_digits(
     import torchvision
 
     from wsi_patchgd.datasets.ultramnist import load_mnist, resize_digit
-    from wsi_patchgd.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from wsi_patchgd.models.inputs import InputNorm
 
     pools = load_mnist(mnist_dir, seed=mnist_seed)
     lo, hi = max(8, sides[0]), min(patch, sides[1])
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    normalize = InputNorm()  # as the models normalise their input
 
     def batch(split: str, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         src, idx = pools.pools[split]
@@ -118,10 +119,7 @@ def pretrain_on_digits(
             r, c = rng.integers(0, patch - side + 1, 2)
             x[i, r : r + side, c : c + side] = resize_digit(images[j], side)
             y[i] = int(labels[j])
-        t = torch.from_numpy(x).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return (t - mean) / std, torch.from_numpy(y)
+        return normalize(torch.from_numpy(x)[:, None].expand(-1, 3, -1, -1)), torch.from_numpy(y)
 
     model = torchvision.models.get_model(backbone, num_classes=11)
     for m in model.modules():  # MobileNetV3's 0.01 leaves the statistics behind in 256 steps
@@ -380,11 +378,11 @@ def main(argv: list[str] | None = None) -> int:
             s = {k: v for k, v in s.items() if k not in ("predictions", "val_confusion")}
             s.update(final_and_best(run))
             if name == "gd-full":
-                from wsi_patchgd.engine.gd import GDModel
+                from wsi_patchgd.engine import build_gd_model
                 from wsi_patchgd.training.memory import gd_step_bytes
 
                 m = cfg.model
-                probe = GDModel(m.backbone, m.num_classes, 64, m.latent_dim, None,
+                probe = build_gd_model(m.backbone, m.num_classes, 64, m.latent_dim, None,
                                 m.head_channels, m.head_convs, 0.0)  # fmt: skip
                 s["step_bytes"] = gd_step_bytes(
                     probe, args.side, cfg.schedule.batch_size, cfg.optim.name

@@ -20,8 +20,7 @@ from wsi_patchgd.augment import (
     rgb_to_hed,
 )
 from wsi_patchgd.data import StorePatchSource
-from wsi_patchgd.engine.gd import load_image
-from wsi_patchgd.engine.patchgd import TensorPatchSource, build_patchgd_model
+from wsi_patchgd.engine import TensorPatchSource, build_patchgd_model, fill_latent, load_image
 from wsi_patchgd.errors import ConfigError
 from wsi_patchgd.sampling import PatchGrid
 from wsi_patchgd.store import ConvertOptions, convert_slide
@@ -271,8 +270,8 @@ def test_fill_writes_flipped_features_at_mirrored_cells() -> None:
     base = TensorPatchSource([image], p, [tissue])
     src = AugmentedSource(base, {0: Augmentation(flip_h=True)})
     model = build_patchgd_model("resnet18", 2, out_dim=8).eval()
-    latent, count = model.fill(src, [0], batch_size=4)
-    assert count == int(tissue.sum())
+    latent = fill_latent(model, src, [0], batch_size=4)
+    assert latent.patches == int(tissue.sum())
     np.testing.assert_array_equal(latent.background[0].numpy(), ~tissue[:, ::-1])
     with torch.no_grad():
         for r, c in zip(*np.nonzero(tissue), strict=True):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from wsi_patchgd.demo import run_demo
-from wsi_patchgd.engine.gd import GDModel
+from wsi_patchgd.engine import build_gd_model
 from wsi_patchgd.errors import ConfigError
 from wsi_patchgd.training.memory import plan_gd_image_size
 
@@ -46,7 +46,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
     # GD's side is the planner's for the budget (same probe as the trainer), capped at the
     # 512 px PatchGD sees; not a hard-coded thumbnail size
-    probe = GDModel("resnet18", 2, 64, 128, None, 128, 2, 0.0)
+    probe = build_gd_model("resnet18", 2, 64, 128, None, 128, 2, 0.0)
     want = plan_gd_image_size(probe, 4, BUDGET, 2048 // 4)
     assert 128 < want < 512
     summary = json.loads((out / "report.json").read_text())

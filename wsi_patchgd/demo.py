@@ -105,10 +105,10 @@ def run_demo(
     }
     for method in ("patchgd", "gd"):  # every setting is checked before any slide is made
         load_config(None, [f"patchgd.method={method}", f"output.dir={out}"], base=base)
-    from .models.backbones import _check_name  # torch: after the quick checks
+    from .models.backbones import check_backbone_name  # torch: after the quick checks
     from .training.trainer import train
 
-    _check_name(backbone)
+    check_backbone_name(backbone)
     _log(quiet, f"[1/5] generating {n_slides} synthetic slides ({side} x {side} px) in {out}")
     make_synthetic_dataset(
         out, n_slides, side, seed=seed, convert=False, log=lambda m: _log(quiet, m)

@@ -12,7 +12,7 @@ from torch import nn
 from tests.conftest import CMU, KIDNEY
 from wsi_patchgd.data import StorePatchSource, read_manifest
 from wsi_patchgd.data.manifest import ManifestRow, write_manifest
-from wsi_patchgd.engine.patchgd import PatchGDModel, predict, train_batch
+from wsi_patchgd.engine import PatchGDModel, predict, train_batch
 from wsi_patchgd.errors import ManifestError
 from wsi_patchgd.models.heads import PooledHead
 from wsi_patchgd.sampling import PermutationSampler
@@ -59,7 +59,7 @@ def test_grid_and_reads_match_the_store(stores: list[str]) -> None:
     idx = grid.tissue_indices()[:10]
     rows, cols = grid.coords(idx)
     got = src.read(0, idx).numpy()
-    ref = store.read_regions(
+    ref = store.read_regions_chw(
         0, [(int(c) * P, int(r) * P) for r, c in zip(rows, cols, strict=True)], P, P
     )
     np.testing.assert_array_equal(got, ref)

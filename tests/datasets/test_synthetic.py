@@ -14,12 +14,12 @@ import pytest
 import tifffile
 from skimage.color import rgb2hsv
 
-from wsi_patchgd.datasets import synthetic
 from wsi_patchgd.datasets.synthetic import (
     SyntheticSlide,
     texture_tiles_from_slide,
     write_synthetic_slide,
 )
+from wsi_patchgd.datasets.synthetic.texture import procedural_texture
 from wsi_patchgd.errors import ConfigError, SlideReadError, WsiPatchGDError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +156,7 @@ def test_label_changes_only_the_marker_regions(slide: SyntheticSlide, tmp_path: 
 
 
 def test_same_arguments_give_identical_bytes(slide: SyntheticSlide, tmp_path: Path) -> None:
-    synthetic._procedural_texture.cache_clear()  # regenerate everything
+    procedural_texture.cache_clear()  # regenerate everything
     again = write_synthetic_slide(tmp_path / "again.tif", HEIGHT, WIDTH, seed=SEED, label=1)
     assert again.path.read_bytes() == slide.path.read_bytes()
     assert again.markers == slide.markers

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from wsi_patchgd.cli.datasets import make_ultramnist_command
 from wsi_patchgd.data.manifest import read_manifest
 from wsi_patchgd.datasets import ultramnist as um
+from wsi_patchgd.datasets.ultramnist import layout as um_layout
 from wsi_patchgd.errors import ConfigError, StoreError
 from wsi_patchgd.store import SlideStore
 from wsi_patchgd.tissue import patch_tissue_fractions
@@ -114,7 +115,7 @@ def test_default_mnist_dir_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("WSI_PATCHGD_MNIST", str(tmp_path))
     assert um.default_mnist_dir() == tmp_path
     monkeypatch.delenv("WSI_PATCHGD_MNIST")
-    beside = Path(um.__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
+    beside = Path(um.__file__).resolve().parents[3].parent / "shared" / "data" / "mnist"
     if beside.is_dir():  # a checkout with shared/ beside it (CI, this workplace)
         assert um.default_mnist_dir() == beside
     else:
@@ -257,7 +258,7 @@ def test_every_patch_is_usable_for_training(dataset: Path) -> None:
     assert s.grid_shape(0) == (8, 8)
     assert (s.patch_fractions(0) == 1).all()
     assert s.tissue_mask().all() and s.tissue_fraction == 1.0
-    assert s.meta["tissue"]["method"] == "all"
+    assert s.meta.tissue.method == "all"
     src = StorePatchSource([url], level=0)
     assert src.grid(0).n_tissue == 64
     # another patch size goes through the stored mask: every patch still counts
@@ -276,7 +277,7 @@ def test_large_canvas_gets_a_pyramid(tmp_path: Path) -> None:
 
     np.testing.assert_array_equal(np.asarray(s.array(1)[:]), downsample2x(lv0))
     mask = s.tissue_mask()
-    assert mask.all() and s.meta["tissue"]["mask_level"] == 1
+    assert mask.all() and s.meta.tissue.mask_level == 1
     for lv in (0, 1):  # the grid's last row/column is partly outside (1200 = 18.75 x 64)
         f = s.patch_fractions(lv)
         assert f.shape == s.grid_shape(lv)
@@ -365,7 +366,7 @@ def test_sum10_is_the_papers_ten_classes(tmp_path: Path, mnist: tuple) -> None:
     """label=sum10: label = digit sum with only sums 0..9, balanced, paper's 28..252 px digits
     on 512 px canvases (and they still fit without overlap)."""
     assert um.paper_digit_side_range(512) == (28, 252)
-    sets = um._multisets(10, "sum10")
+    sets = um.digit_multisets(10, "sum10")
     assert all(len(m) and all(sum(c) == lab for c in m) for lab, m in enumerate(sets))
     assert sets[0] == [(0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 0, 0)]
     out = tmp_path / "s10"
@@ -392,7 +393,7 @@ def test_sum10_is_the_papers_ten_classes(tmp_path: Path, mnist: tuple) -> None:
     assert max(sides) > 150 and min(sides) < 50
     with open(out / "manifest.csv", newline="") as fh:
         assert [int(r["label"]) for r in csv.DictReader(fh)] == train + val
-    src = SlideStore(str(out / "stores" / "um-train-0.zarr")).meta["source"]
+    src = SlideStore(str(out / "stores" / "um-train-0.zarr")).meta.source.to_dict()
     assert src["label"] == meta["label"] and src["digit_side_range"] == [28, 252]
     with pytest.raises(ConfigError, match="label=sum10 .* pass classes=10"):
         um.make_ultramnist(tmp_path / "x", 1, 0, label="sum10", mnist_dir=MNIST, workers=1)
@@ -410,7 +411,7 @@ def test_digit_sizes_bound_the_digit_sides(tmp_path: Path) -> None:
     assert min(sides) >= 16 and max(sides) <= 48 and max(sides) / min(sides) > 2
     for c in meta["canvases"]:
         assert c["label"] == sum(c["digits"]) % 10
-    src = SlideStore(str(out / "stores" / "um-val-0.zarr")).meta["source"]
+    src = SlideStore(str(out / "stores" / "um-val-0.zarr")).meta.source.to_dict()
     assert src["digit_side_range"] == [16, 48]
     # the paper variant on a 512 px canvas with explicit sizes overrides its default
     um.make_ultramnist(
@@ -467,9 +468,10 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 def test_digits_that_cannot_fit_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     pools = um.load_mnist(MNIST)
-    monkeypatch.setattr(um, "digit_side_range", lambda side: (40, 40))  # two never fit in 64
+    monkeypatch.setattr(um_layout, "digit_side_range", lambda side: (40, 40))  # two never fit in 64
     with pytest.raises(ConfigError, match="um-train-0: could not place .* 64 px canvas"):
-        um._layout("train", 0, 20, 0, 64, um._multisets(28), pools, pools.by_digit("train"))
+        multisets = um.digit_multisets(28)
+        um.layout_canvas("train", 0, 20, 0, 64, multisets, pools, pools.by_digit("train"))
 
 
 # ------------------------------------------------------------------------------------------

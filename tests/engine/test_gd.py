@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsi_patchgd.engine import GDModel, TensorPatchSource, gd_predict, gd_train_batch, load_image
+from wsi_patchgd.engine import (
+    TensorPatchSource,
+    build_gd_model,
+    gd_predict,
+    gd_train_batch,
+    load_image,
+)
 from wsi_patchgd.errors import ConfigError
 
 
@@ -32,7 +38,7 @@ def test_load_image_stitches_patches_with_white_padding() -> None:
 
 def test_gd_model_shapes_and_batch_independent_predictions() -> None:
     torch.manual_seed(0)
-    model = GDModel("resnet18", 3, image_size=32, out_dim=8, head_channels=8, n_convs=1)
+    model = build_gd_model("resnet18", 3, image_size=32, out_dim=8, head_channels=8, n_convs=1)
     x = model.prepare(
         [torch.zeros(3, 50, 70, dtype=torch.uint8), torch.zeros(3, 20, 20, dtype=torch.uint8)]
     )
@@ -42,13 +48,13 @@ def test_gd_model_shapes_and_batch_independent_predictions() -> None:
     assert both.shape == (3, 3) and model.training
     torch.testing.assert_close(both[2:], gd_predict(model, source, [2], batch_size=1))
     with pytest.raises(ConfigError, match="image_size"):
-        GDModel("resnet18", 3, image_size=0)
+        build_gd_model("resnet18", 3, image_size=0)
 
 
 def test_gd_accumulates_over_micro_batches() -> None:
     torch.manual_seed(0)
     source, labels = _brightness_data(5, seed=2)
-    model = GDModel("resnet18", 2, image_size=32, out_dim=8, head_channels=8, n_convs=1)
+    model = build_gd_model("resnet18", 2, image_size=32, out_dim=8, head_channels=8, n_convs=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     result = gd_train_batch(
         model, optimizer, source, list(range(5)), labels, F.cross_entropy, epsilon=1,
@@ -63,7 +69,7 @@ def test_gd_accumulates_over_micro_batches() -> None:
 def test_gd_learns_a_tiny_problem() -> None:
     torch.manual_seed(0)
     source, labels = _brightness_data(8, seed=0)
-    model = GDModel(
+    model = build_gd_model(
         "resnet18", 2, image_size=32, out_dim=8, head_channels=8, n_convs=1, dropout=0.0
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -80,15 +86,14 @@ def test_frozen_policy_runs_gd_features_on_refreshed_running_statistics() -> Non
     import numpy as np
     import torch.nn.functional as F
 
-    from wsi_patchgd.engine.gd import GDModel, gd_train_batch
-    from wsi_patchgd.engine.patchgd import TensorPatchSource
+    from wsi_patchgd.engine import TensorPatchSource, build_gd_model, gd_train_batch
     from wsi_patchgd.models.norm import norm_layers
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8) for _ in range(4)]
     source = TensorPatchSource(images, 16)
-    model = GDModel("resnet18", 2, 64, 8, None, 8, 1, 0.0, norm="frozen")
+    model = build_gd_model("resnet18", 2, 64, 8, None, 8, 1, 0.0, norm="frozen")
     bn = norm_layers(model.features)
     modes: list[bool] = []
     bn[-1].register_forward_pre_hook(lambda m, a: modes.append(m.training))

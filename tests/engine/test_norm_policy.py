@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsi_patchgd.engine.patchgd import (
+from wsi_patchgd.engine import (
     PatchGDModel,
     TensorPatchSource,
     build_patchgd_model,
@@ -198,11 +198,11 @@ def test_unknown_policy_is_one_clear_error() -> None:
 
 
 def test_norm_momentum_sets_every_batchnorm_of_both_methods() -> None:
-    from wsi_patchgd.engine.gd import GDModel
+    from wsi_patchgd.engine import build_gd_model
     from wsi_patchgd.models.norm import set_momentum
 
     pg = _model("batch", "mobilenet_v3_small")
-    gd = GDModel("mobilenet_v3_small", 3, 64, 8, None, 8, 1, 0.0)
+    gd = build_gd_model("mobilenet_v3_small", 3, 64, 8, None, 8, 1, 0.0)
     assert {m.momentum for m in norm_layers(pg.backbone)} == {0.01}  # torchvision's choice
     for model in (pg, gd):
         assert set_momentum(model, 0.1) > 10

@@ -17,15 +17,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from wsi_patchgd.engine import (
     PatchGDModel,
-    PatchGDTrainer,
+    PatchGDSettings,
     TensorPatchSource,
-    backbone_modes,
     build_patchgd_model,
+    fill_latent,
     predict,
     train_batch,
 )
 from wsi_patchgd.errors import ConfigError
 from wsi_patchgd.models import PooledHead
+from wsi_patchgd.models.norm import backbone_modes
 from wsi_patchgd.sampling import PermutationSampler
 
 
@@ -143,7 +144,8 @@ def test_accumulated_gradients_equal_full_image_gradient(epsilon_is_zeta: bool) 
 
     model.zero_grad(set_to_none=True)
     with backbone_modes(model.backbone, True, eval_norm=True):
-        z, mask = model.fill_latent(source, [0, 1], batch_size=32, grad=True)
+        latent = fill_latent(model, source, [0, 1], batch_size=32, grad=True)
+        z, mask = latent.z, latent.valid
         full_loss = F.cross_entropy(model.head(z, mask), labels)
     full_loss.backward()
     backbone_full, head_full = _grads(model.backbone), _grads(model.head)
@@ -241,7 +243,8 @@ def test_patches_are_written_at_their_own_cell_on_a_non_square_grid() -> None:
     expected = model.normalize(image[None]).mean(dim=1)[0, ::16, ::16]  # (3, 5) cell values
     seen: list[Tensor] = []
     model.head.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
-    z, mask = model.fill_latent(source, [0], batch_size=4)
+    latent = fill_latent(model, source, [0], batch_size=4)
+    z, mask = latent.z, latent.valid
     assert z.shape == (1, 2, 3, 5) and mask.all()
     torch.testing.assert_close(z[0, 0], expected)
     assert (z[0, 1] == 0).all()
@@ -284,7 +287,8 @@ def test_latent_shape_and_fill_never_runs_background() -> None:
         model.background.fill_(7.0)
     inputs: list[int] = []
     model.backbone.register_forward_hook(lambda m, a, o: inputs.append(a[0].shape[0]))
-    z, mask = model.fill_latent(source, [0, 1], batch_size=5)
+    latent = fill_latent(model, source, [0, 1], batch_size=5)
+    z, mask = latent.z, latent.valid
     assert z.shape == (2, 8, 4, 5) and mask.shape == (2, 4, 5)
     assert sum(inputs) == 12 + 2 and max(inputs) <= 5
     for image, idx, _ in source.reads:
@@ -325,7 +329,7 @@ def test_fill_moves_batchnorm_statistics_only_under_the_batch_policy() -> None:
         norm = model.backbone.get_submodule("body.1")
         assert isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None
         before = norm.running_mean.clone()
-        model.fill_latent(source, [0], batch_size=4)
+        fill_latent(model, source, [0], batch_size=4)
         assert torch.equal(before, norm.running_mean) != (policy == "batch")
         assert model.backbone.training
 
@@ -345,7 +349,7 @@ def test_patchgd_learns_a_tiny_problem() -> None:
     source, labels = _brightness_data(8, seed=0)
     model = PatchGDModel(TinyNet(8), PooledHead(8, 2, channels=8, n_convs=1, dropout=0.0))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    trainer = PatchGDTrainer(PermutationSampler(), k=2, zeta=2, epsilon=2, loss_fn=F.cross_entropy)
+    trainer = PatchGDSettings(PermutationSampler(), k=2, zeta=2, epsilon=2, loss_fn=F.cross_entropy)
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(12):

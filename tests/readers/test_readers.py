@@ -209,3 +209,40 @@ def test_png_variants(tmp_path: Path) -> None:
         out[..., 0], np.floor(gray16.astype(np.float64) * 255 / 65535 + 0.5)
     )
     assert (out[..., 0] == out[..., 2]).all()
+
+
+def test_registered_readers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsi_patchgd.errors import StoreError
+    from wsi_patchgd.readers import ImageReader, reader_names, register_reader, registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", {})  # this test's readers only
+    png = _TILE[0]
+    opened: list[str] = []
+
+    def fake(source: str, storage_options: object) -> SlideReader:
+        opened.append(source)
+        if source.endswith("broken"):
+            raise StoreError(f"{source}: fake store lacks its index; rebuild it")
+        return ImageReader(png)
+
+    register_reader("fake", fake, lambda src, so: (Path(src) / "fake.json").exists())
+    assert reader_names() == ("auto", "openslide", "tifffile", "pillow", "fake")
+    ours, other, broken = tmp_path / "ours", tmp_path / "other", tmp_path / "broken"
+    for d in (ours, other, broken):
+        d.mkdir()
+    (ours / "fake.json").write_text("{}")
+    (broken / "fake.json").write_text("{}")
+    with open_slide(ours) as r:  # a directory the reader claims
+        assert r.name == "pillow" and opened == [str(ours)]
+    with open_slide(other, reader="fake") as r:  # named: no sniffing
+        assert r.name == "pillow"
+    with pytest.raises(SlideReadError, match="is a directory, not a slide"):
+        open_slide(other)
+    with pytest.raises(SlideReadError, match=r"broken: fake store lacks its index; rebuild it$"):
+        open_slide(broken)  # the reader's own error, not "is a directory"
+    with pytest.raises(SlideReadError, match=r"unknown reader 'nope'; choose one of .*'fake'"):
+        open_slide(png, reader="nope")
+    with pytest.raises(ValueError, match="taken by a built-in reader"):
+        register_reader("tifffile", fake)
+    with open_slide(png) as r:  # files still go to the built-in readers
+        assert r.name == "pillow" and len(opened) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ from wsi_patchgd.store import (
     convert_many,
     convert_slide,
     downsample2x,
+    write_report,
 )
-from wsi_patchgd.store.convert import run_shards_locally
+from wsi_patchgd.store.convert import STAGES
+from wsi_patchgd.store.tasks import run_shards_locally
 
 OPTS = ConvertOptions(patch_size=256, shard_patches=4, min_level_size=256)
 
@@ -50,7 +53,7 @@ def test_level0_equals_openslide_at_random_patches(src: Path, stores: dict[str, 
         w, h = s.dimensions
         xs = rng.integers(0, w - 256, 200)
         ys = rng.integers(0, h - 256, 200)
-        got = store.read_regions(0, list(zip(xs.tolist(), ys.tolist(), strict=True)), 256, 256)
+        got = store.read_regions_chw(0, list(zip(xs.tolist(), ys.tolist(), strict=True)), 256, 256)
         for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
             ref = np.asarray(s.read_region((int(x), int(y)), 0, (256, 256)).convert("RGB"))
             np.testing.assert_array_equal(got[i].transpose(1, 2, 0), ref)
@@ -58,15 +61,15 @@ def test_level0_equals_openslide_at_random_patches(src: Path, stores: dict[str, 
 
 def test_every_level_is_source_or_2x_mean(stores: dict[str, Path]) -> None:
     store = SlideStore(str(stores[TCGA.name]))
-    levels = store.meta["levels"]
-    assert [lv["origin"] for lv in levels[:3]] == ["source:0", "source:1", "downsample:1"]
+    levels = store.meta.levels
+    assert [lv.origin for lv in levels[:3]] == ["source:0", "source:1", "downsample:1"]
     src1 = tifffile.imread(TCGA, key=2)  # the SVS's own 2x level
     np.testing.assert_array_equal(np.asarray(store.array(1)[:]).transpose(1, 2, 0), src1)
     for i in range(2, store.n_levels):
         below = np.asarray(store.array(i - 1)[:])
         np.testing.assert_array_equal(np.asarray(store.array(i)[:]), downsample2x(below))
     cmu = SlideStore(str(stores[CMU.name]))
-    assert [lv["origin"] for lv in cmu.meta["levels"]] == [
+    assert [lv.origin for lv in cmu.meta.levels] == [
         "source:0",
         "downsample:0",
         "downsample:1",
@@ -218,6 +221,27 @@ def test_foreign_contents_are_not_overwritten(stores: dict[str, Path], tmp_path:
         convert_slide(str(CMU), str(other), OPTS)
 
 
+def test_result_reports_seconds_per_stage(tmp_path: Path, data_dir: Path) -> None:
+    """A real conversion times every stage (the report carries them); they sum to at most the
+    conversion's seconds, which are at most the wall time around the call."""
+    dest = tmp_path / "k.zarr"
+    t0 = time.perf_counter()
+    r = convert_slide(str(KIDNEY), str(dest), OPTS)
+    wall = time.perf_counter() - t0
+    assert r.status == "ok", r
+    assert list(r.timings) == list(STAGES)
+    assert all(t >= 0 for t in r.timings.values()), r.timings
+    assert r.timings["shards"] > 0 and r.timings["tissue"] > 0
+    assert sum(r.timings.values()) <= r.seconds <= wall
+    write_report(str(tmp_path / "r.json"), [r], OPTS)
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["slides"][0]["timings"] == r.timings
+    again = convert_slide(str(KIDNEY), str(dest), OPTS)  # complete: skipped after "create"
+    assert again.status == "skipped"
+    assert list(again.timings) == list(STAGES[:3])
+    assert all(t >= 0 for t in again.timings.values())
+
+
 def test_batch_on_local_cluster_reports_every_slide(tmp_path: Path, data_dir: Path) -> None:
     from distributed import Client, LocalCluster
 
@@ -268,7 +292,7 @@ def test_fast_patch_reads_equal_zarr_reads(name: str, stores: dict[str, Path]) -
         rows, cols = np.divmod(np.arange(n_h * n_w), n_w)
         fast = store.read_patches(level, rows, cols)
         p = store.patch_size
-        slow = store.read_regions(
+        slow = store.read_regions_chw(
             level, [(int(c) * p, int(r) * p) for r, c in zip(rows, cols, strict=True)], p, p
         )
         np.testing.assert_array_equal(fast, slow)

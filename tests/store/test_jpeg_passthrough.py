@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from tests.conftest import CMU, TCGA
 from wsi_patchgd.cli import main as cli
 from wsi_patchgd.datasets.synthetic import write_synthetic_slide
+from wsi_patchgd.readers.tiff_tiles import JpegTiles, jpeg_levels
 from wsi_patchgd.store import ATTR_KEY, ConvertOptions, SlideStore, convert_slide, downsample2x
-from wsi_patchgd.store.jpeg import CODEC_NAME, JpegTileCodec, JpegTiles, jpeg_levels
+from wsi_patchgd.store.jpeg import CODEC_NAME, JpegTileCodec
 
 PASS = "jpeg (source tiles, unchanged)"
 
@@ -80,7 +81,7 @@ def test_level0_equals_openslide_at_200_random_patches(cmu240: Path) -> None:
     with openslide.OpenSlide(str(CMU)) as s:
         w, h = s.dimensions
         xs, ys = rng.integers(0, w - 240, 200), rng.integers(0, h - 240, 200)
-        got = store.read_regions(0, list(zip(xs.tolist(), ys.tolist(), strict=True)), 240, 240)
+        got = store.read_regions_chw(0, list(zip(xs.tolist(), ys.tolist(), strict=True)), 240, 240)
         worst = 0
         for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
             ref = np.asarray(s.read_region((int(x), int(y)), 0, (240, 240)).convert("RGB"))
@@ -145,7 +146,7 @@ def test_no_passthrough_where_tiles_do_not_line_up(data_dir: Path, tmp_path: Pat
     assert {lv["codec"] for lv in _levels(dest)} == {"blosc-lz4"}
     with openslide.OpenSlide(str(CMU)) as s:
         ref = np.asarray(s.read_region((256, 512), 0, (256, 256)).convert("RGB"))
-    got = SlideStore(str(dest)).read_regions(0, [(256, 512)], 256, 256)[0]
+    got = SlideStore(str(dest)).read_regions_chw(0, [(256, 512)], 256, 256)[0]
     np.testing.assert_array_equal(got.transpose(1, 2, 0), ref)
 
 
@@ -212,7 +213,7 @@ def test_plain_zarr_finds_the_codec_by_entry_point(cmu240: Path) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-1500:]
-    ref = SlideStore(str(cmu240)).read_regions(0, [(240, 480)], 240, 240)[0]
+    ref = SlideStore(str(cmu240)).read_regions_chw(0, [(240, 480)], 240, 240)[0]
     assert r.stdout.split() == ["(3,", "240,", "240)", str(int(ref.astype(np.int64).sum()))]
 
 

@@ -24,14 +24,14 @@ import s3fs
 import zarr
 from click.testing import CliRunner
 
-import wsi_patchgd.store.convert as conv
+import wsi_patchgd.store.overwrite as overwrite
 from tests.conftest import CMU, KIDNEY
 from wsi_patchgd.cli import main as cli
 from wsi_patchgd.errors import StoreIncompleteError
 from wsi_patchgd.io import zarr_store
 from wsi_patchgd.store import ConvertOptions, SlideStore, convert_many, convert_slide
-from wsi_patchgd.store.convert import StoreLock, _host_id
-from wsi_patchgd.store.slide_store import verify_store
+from wsi_patchgd.store.lock import StoreLock, StoreLocked, host_id
+from wsi_patchgd.store.verify import verify_store
 
 OPTS = ConvertOptions(patch_size=256, shard_patches=4, min_level_size=256)
 NEW = ConvertOptions(patch_size=128, shard_patches=4, min_level_size=256, overwrite=True)
@@ -95,7 +95,7 @@ def test_local_lock_is_exclusive_heartbeats_and_stale_locks_are_taken_over(tmp_p
 
     lock = Path(store + ".lock")
     # a killed job's lock on this machine: stale at once
-    lock.write_text(json.dumps({"owner": "x", "host": _host_id(), "pid": dead_pid()}))
+    lock.write_text(json.dumps({"owner": "x", "host": host_id(), "pid": dead_pid()}))
     c = StoreLock(store)
     assert c.acquire()
     assert json.loads(lock.read_text())["owner"] == c.owner
@@ -108,7 +108,7 @@ def test_local_lock_is_exclusive_heartbeats_and_stale_locks_are_taken_over(tmp_p
     assert d.acquire()
     # a job whose lock was taken over stops before its next irreversible step
     lock.write_text(json.dumps({"owner": "z", "host": "elsewhere", "pid": 1}))
-    with pytest.raises(conv.StoreLocked, match="lost the store's lock"):
+    with pytest.raises(StoreLocked, match="lost the store's lock"):
         d.check()
     d.release()
     assert json.loads(lock.read_text())["owner"] == "z"  # not ours: left alone
@@ -138,7 +138,7 @@ def test_s3_lock_conditional_create_heartbeat_and_single_takeover(
     assert not d.acquire()
     c.release()
     # a killed job's lock on this machine: stale at once
-    fs.pipe_file(key, json.dumps({"owner": "k", "host": _host_id(), "pid": dead_pid(),
+    fs.pipe_file(key, json.dumps({"owner": "k", "host": host_id(), "pid": dead_pid(),
                                   "heartbeat": time.time()}).encode())  # fmt: skip
     e = StoreLock(store, so)
     assert e.acquire()
@@ -281,14 +281,15 @@ def test_deep_verification_and_leftover_partials(kidney: dict[str, Path], tmp_pa
 
 _KILLER = """
 import os, signal, sys
-import wsi_patchgd.store.convert as conv
+import wsi_patchgd.store.overwrite as overwrite
+from wsi_patchgd.store import ConvertOptions, convert_slide
 step = sys.argv[1]
 def kill(name):
     if name == step:
         os.kill(os.getpid(), signal.SIGKILL)
-conv._fault_hook = kill
-opts = conv.ConvertOptions(patch_size=128, shard_patches=4, min_level_size=256, overwrite=True)
-conv.convert_slide(sys.argv[2], sys.argv[3], opts)
+overwrite.fault_hook = kill
+opts = ConvertOptions(patch_size=128, shard_patches=4, min_level_size=256, overwrite=True)
+convert_slide(sys.argv[2], sys.argv[3], opts)
 sys.exit(3)  # the step was never reached
 """
 
@@ -349,11 +350,11 @@ def fault_at() -> Iterator[list[str]]:
         if steps and name == steps[0]:
             raise Killed(name)
 
-    conv._fault_hook = hook
+    overwrite.fault_hook = hook
     try:
         yield steps
     finally:
-        conv._fault_hook = None
+        overwrite.fault_hook = None
 
 
 def upload(local: Path, url: str, fs: s3fs.S3FileSystem) -> None:

@@ -36,7 +36,7 @@ def test_convert_into_s3_and_read_back(
     assert store.complete and store.n_levels == 4
     rng = np.random.default_rng(3)
     xs, ys = rng.integers(0, 2220 - 256, 40), rng.integers(0, 2967 - 256, 40)
-    got = store.read_regions(0, list(zip(xs.tolist(), ys.tolist(), strict=True)), 256, 256)
+    got = store.read_regions_chw(0, list(zip(xs.tolist(), ys.tolist(), strict=True)), 256, 256)
     with openslide.OpenSlide(str(CMU)) as s:
         for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
             ref = np.asarray(s.read_region((int(x), int(y)), 0, (256, 256)).convert("RGB"))

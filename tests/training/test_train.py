@@ -155,11 +155,11 @@ def test_memory_budget_picks_k(tiny_dataset: Path) -> None:
 def test_memory_budget_downscales_gd(tiny_dataset: Path) -> None:
     """GD under a budget gets the largest side whose step fits; PatchGD's k=1 need is met by a
     budget far below GD at full resolution."""
-    from wsi_patchgd.engine.gd import GDModel
+    from wsi_patchgd.engine import build_gd_model
     from wsi_patchgd.training.build import build
     from wsi_patchgd.training.memory import gd_step_bytes, plan_gd_image_size
 
-    model = GDModel("mobilenet_v2", 2, 64, 32, None, 32, 2, 0.0)
+    model = build_gd_model("mobilenet_v2", 2, 64, 32, None, 32, 2, 0.0)
     need = [gd_step_bytes(model, s, 4) for s in (32, 64, 128, 256)]
     assert need == sorted(need) and need[3] - need[2] > 3 * (need[2] - need[1]) * 0.9
     assert plan_gd_image_size(model, 4, need[2], 512) == 128
@@ -169,7 +169,7 @@ def test_memory_budget_downscales_gd(tiny_dataset: Path) -> None:
         plan_gd_image_size(model, 4, need[0] - 1, 512)
 
     cfg = load_config(tiny_dataset / "config.yaml", ["patchgd.method=gd"])
-    probe = GDModel("mobilenet_v3_small", 2, 64, 32, None, 32, 2, 0.0)  # the config's model
+    probe = build_gd_model("mobilenet_v3_small", 2, 64, 32, None, 32, 2, 0.0)  # the config's model
     budget = gd_step_bytes(probe, 64, cfg.schedule.batch_size)
     cfg = load_config(
         tiny_dataset / "config.yaml",

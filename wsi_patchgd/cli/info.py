@@ -9,7 +9,8 @@ import click
 
 from ..errors import SlideReadError, StoreError
 from ..io import StorageOptions, filesystem
-from ..readers import StoreReader, open_slide
+from ..readers import open_slide
+from ..store.reader import StoreReader
 from ..tissue import tissue_fraction
 from . import one_line_errors
 from .options import parse_storage_options, storage_options_option

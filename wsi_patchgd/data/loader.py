@@ -1,4 +1,4 @@
-"""The store-backed :class:`~wsi_patchgd.engine.patchgd.PatchSource` the trainer reads through.
+"""The store-backed :class:`~wsi_patchgd.engine.source.PatchSource` the trainer reads through.
 
 Reads are batched per inner iteration (one call reads the k patches of an image through the
 chunk reader: one byte-range read and one decode per patch, thread-parallel), and the next
@@ -21,7 +21,7 @@ import torch
 from ..io import StorageOptions
 from ..sampling import PatchGrid
 from ..store.slide_store import SlideStore
-from ..tissue import patch_tissue_fractions
+from ..store.tissue_tables import level_fractions
 
 
 class StorePatchSource:
@@ -84,9 +84,9 @@ class StorePatchSource:
             if p == s.patch_size:
                 fractions = s.patch_fractions(self.levels[image])
             else:
-                scale = s.mask_downsample / s.downsample(self.levels[image])
-                fractions = patch_tissue_fractions(
-                    s.tissue_mask(), 1.0 / scale, p, s.grid_shape(self.levels[image], p)
+                level = self.levels[image]
+                fractions = level_fractions(
+                    s.tissue_mask(), s.mask_downsample, s.downsample(level), p, s.level_shape(level)
                 )
             self._grids[image] = PatchGrid.from_fractions(fractions, self.tissue_threshold, p)
         return self._grids[image]
@@ -141,7 +141,7 @@ class StorePatchSource:
         s = self.store(image)
         grid = self.grid(image)
         rows, cols = grid.coords(np.asarray(indices, np.int64))
-        per = max(1, s.meta.get("shard_size", s.patch_size) // self.patch_size)
+        per = max(1, s.meta.shard_size // self.patch_size)
         key = np.lexsort((cols, rows, cols // per, rows // per))
         return np.asarray(indices, np.int64)[key]
 

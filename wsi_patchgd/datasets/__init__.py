@@ -1,1 +1,4 @@
-"""Datasets: synthetic whole-slide images (:mod:`wsi_patchgd.datasets.synthetic`)."""
+"""Datasets: synthetic slides, UltraMNIST canvases and the PANDA challenge's slides.
+
+:mod:`.synthetic` and :mod:`.ultramnist` generate data; :mod:`.panda` prepares a downloaded one.
+"""

@@ -1,17 +1,18 @@
-"""Models: torchvision backbones (patch encoders and feature maps) and latent heads."""
+"""Models: torchvision backbones (patch encoders and feature maps), latent heads, input
+normalisation and the backbone's normalisation policies."""
 
 from __future__ import annotations
 
 from wsi_patchgd.models.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Backbone,
     FeatureMap,
     build_backbone,
     build_feature_map,
+    check_backbone_name,
     list_backbones,
 )
 from wsi_patchgd.models.heads import HEADS, MaskedBatchNorm2d, PaperHead, PooledHead, build_head
+from wsi_patchgd.models.inputs import IMAGENET_MEAN, IMAGENET_STD, InputNorm
 
 __all__ = [
     "HEADS",
@@ -19,11 +20,13 @@ __all__ = [
     "IMAGENET_STD",
     "Backbone",
     "FeatureMap",
+    "InputNorm",
     "MaskedBatchNorm2d",
     "PaperHead",
     "PooledHead",
     "build_backbone",
     "build_feature_map",
     "build_head",
+    "check_backbone_name",
     "list_backbones",
 ]

@@ -8,7 +8,8 @@ input of its global pooling), used by the standard gradient-descent baseline.
 Weights: ``None`` (random init, the default: nothing is downloaded), a local file (a
 torchvision-format state dict of the whole classification model, or the state dict of one of
 our :class:`Backbone` modules), or a torchvision weights name such as ``"IMAGENET1K_V1"`` or
-``"DEFAULT"``, which torchvision downloads (needs internet).
+``"DEFAULT"``, which torchvision downloads (needs internet); files are read by
+:mod:`wsi_patchgd.models.weights`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,20 +25,18 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from wsi_patchgd.errors import ConfigError
+from wsi_patchgd.models.weights import is_weights_file, load_into, load_state_file
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "Backbone",
     "CheckpointedSequential",
     "FeatureMap",
     "build_backbone",
     "build_feature_map",
+    "check_backbone_name",
     "list_backbones",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _PROBE_SIZES = (64, 224)
 _NO_AUX = ("googlenet", "inception_v3")
 
@@ -102,7 +100,12 @@ def _pooled(h: Tensor) -> Tensor:
     return h
 
 
-def _check_name(name: str) -> None:
+def check_backbone_name(name: str) -> None:
+    """Check that ``name`` is a torchvision classification model (without building it).
+
+    Raises:
+        ConfigError: For another name, with the closest valid names.
+    """
     names = list_backbones()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
@@ -113,21 +116,11 @@ def _check_name(name: str) -> None:
         )
 
 
-def _is_weights_file(weights: str) -> bool:
-    path = Path(weights).expanduser()
-    return (
-        path.exists()
-        or path.suffix in {".pt", ".pth", ".bin", ".ckpt", ".tar"}
-        or "/" in weights
-        or "\\" in weights
-    )
-
-
 def _torchvision_model(name: str, weights: str | None) -> nn.Module:
     """The classification model, with torchvision weights when ``weights`` names an enum."""
-    _check_name(name)
+    check_backbone_name(name)
     kwargs: dict[str, Any] = {"aux_logits": False} if name in _NO_AUX else {}
-    if weights is not None and not _is_weights_file(weights):
+    if weights is not None and not is_weights_file(weights):
         enum = torchvision.models.get_model_weights(name)
         try:
             chosen = enum[weights.removeprefix(enum.__name__ + ".")]
@@ -218,53 +211,15 @@ def _probe(module: nn.Module, fn: Any) -> Any:
         module.train(was_training)
 
 
-def _load_state_file(path: str) -> dict[str, Tensor]:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"weights file {path!r} not found; give an existing path or None")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"weights file {path!r} cannot be read as a state dict: {exc}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ConfigError(f"weights file {path!r} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _load_into(
-    module: nn.Module, state: dict[str, Tensor], ignore: tuple[str, ...], src: str
-) -> None:
-    """Load ``state`` into ``module``; missing or mis-shaped keys are errors, extra keys warn."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    extra = [k for k in state if k not in own and not k.startswith(ignore)]
-    if missing or shapes:
-        raise ConfigError(
-            f"weights file {src!r} does not fit this model: {len(missing)} missing keys "
-            f"{missing[:4]}, {len(shapes)} with another shape {shapes[:4]}; check the "
-            "backbone name (and out_dim for a saved backbone)"
-        )
-    if extra:
-        warnings.warn(
-            f"weights file {src!r}: ignored {len(extra)} unexpected keys {extra[:4]}",
-            stacklevel=3,
-        )
-    module.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
-
-
 def _classifier_free(name: str, weights: str | None) -> tuple[nn.Module, tuple[str, ...]]:
     """The torchvision model without its classifier, with weights loaded."""
     model = _torchvision_model(name, weights)
     removed = _remove_classifier(model)
-    if weights is not None and _is_weights_file(weights):
-        state = _load_state_file(weights)
+    if weights is not None and is_weights_file(weights):
+        state = load_state_file(weights)
         if any(k.startswith("features.") for k in state) and "proj.weight" in state:
             state = {k.removeprefix("features."): v for k, v in state.items()}
-        _load_into(model, state, ignore=(*(r + "." for r in removed), "proj."), src=weights)
+        load_into(model, state, ignore=(*(r + "." for r in removed), "proj."), src=weights)
     return model, removed
 
 
@@ -328,10 +283,10 @@ def build_backbone(
     features, _ = _classifier_free(name, weights)
     feature_dim = int(_probe(features, lambda m, x: _pooled(_first_tensor(m(x)))).shape[1])
     backbone = Backbone(name, features, feature_dim, out_dim)
-    if weights is not None and _is_weights_file(weights):
-        state = _load_state_file(weights)
+    if weights is not None and is_weights_file(weights):
+        state = load_state_file(weights)
         if "proj.weight" in state:
-            _load_into(
+            load_into(
                 backbone.proj,
                 {k[5:]: v for k, v in state.items() if k.startswith("proj.")},
                 (),

@@ -37,6 +37,7 @@ from wsi_patchgd.errors import ConfigError
 
 __all__ = [
     "NORM_POLICIES",
+    "backbone_modes",
     "batchnorm_to_groupnorm",
     "check_policy",
     "norm_layers",
@@ -114,6 +115,24 @@ def phase_mode(module: nn.Module, policy: str, training: bool) -> Iterator[None]
     finally:
         for m, was in saved:
             m.training = was
+
+
+@contextmanager
+def backbone_modes(module: nn.Module, train: bool, eval_norm: bool = False) -> Iterator[None]:
+    """Set ``module`` to train/eval mode (BatchNorm in eval if ``eval_norm``), then restore.
+
+    A low-level helper (tests); training uses a policy through :func:`phase_mode`.
+    """
+    saved = [(m, m.training) for m in module.modules()]
+    module.train(train)
+    if train and eval_norm:
+        for layer in norm_layers(module):
+            layer.eval()
+    try:
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
 
 
 @torch.no_grad()

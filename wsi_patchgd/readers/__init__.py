@@ -9,7 +9,9 @@
 2. tifffile: plain, OME, non-pyramidal TIFF; also fsspec URLs.
 3. Pillow: PNG, JPEG and other plain images.
 
-A directory that is a wsi_patchgd store opens as a :class:`StoreReader`.
+Other layers add readers by name with :func:`register_reader` (:mod:`.registry`): importing
+:mod:`wsi_patchgd.store` registers ``store``, so that a directory that is a wsi_patchgd store
+opens as a :class:`wsi_patchgd.store.StoreReader`.
 """
 
 from __future__ import annotations
@@ -17,28 +19,37 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ..errors import SlideReadError, StoreError
+from ..errors import SlideReadError, WsiPatchGDError
 from ..io import StorageOptions, filesystem, is_remote, local_path
 from .base import Level, SlideInfo, SlideReader, to_rgb_uint8
 from .image import ImageReader
 from .openslide import OpenSlideReader
-from .store import StoreReader
+from .registry import (
+    BUILTIN_READERS,
+    RegisteredReader,
+    reader_names,
+    register_reader,
+    registered_reader,
+    registered_readers,
+)
 from .tiff import TiffReader
 
 __all__ = [
+    "BUILTIN_READERS",
     "ImageReader",
     "Level",
     "OpenSlideReader",
-    "READERS",
+    "RegisteredReader",
     "SlideInfo",
     "SlideReader",
-    "StoreReader",
     "TiffReader",
     "open_slide",
+    "reader_names",
+    "register_reader",
+    "registered_reader",
+    "registered_readers",
     "to_rgb_uint8",
 ]
-
-READERS = ("auto", "openslide", "tifffile", "pillow", "store")
 
 _TIFF_VENDORS = {"aperio", "generic-tiff"}
 
@@ -79,28 +90,39 @@ def open_slide(
     Args:
         source: path or URL.
         storage_options: fsspec options for URLs.
-        reader: ``auto`` or one of ``openslide``, ``tifffile``, ``pillow``, ``store``.
+        reader: ``auto``, one of ``openslide``, ``tifffile``, ``pillow``, or a registered
+            reader's name (``store`` once :mod:`wsi_patchgd.store` is imported).
 
     Returns:
         An open :class:`SlideReader` (use it as a context manager).
 
     Raises:
-        SlideReadError: missing, empty, a directory that is no store, or no reader can read it;
-            the message names the file and what each reader said.
+        SlideReadError: missing, empty, a directory that no registered reader recognises, or
+            no reader can read it; the message names the file and what each reader said. A
+            directory a registered reader recognises but cannot open (an incomplete store ...)
+            gives that reader's own message (what is missing, what to do).
     """
     src = str(source)
-    if reader not in READERS:
-        raise SlideReadError(f"{src}: unknown reader {reader!r}; choose one of {READERS}")
+    names = reader_names()
+    if reader not in names:
+        raise SlideReadError(f"{src}: unknown reader {reader!r}; choose one of {names}")
     kind = _check_exists(src, storage_options)
-    if kind == "dir" or reader == "store":
+    added = registered_reader(reader)
+    if added is None and kind == "dir":
+        added = next(
+            (r for r in registered_readers() if r.sniff and r.sniff(src, storage_options)), None
+        )
+        if added is None:
+            raise SlideReadError(
+                f"{src}: is a directory, not a slide or a wsi_patchgd store; give slide "
+                "files or a glob"
+            )
+    if added is not None:
         try:
-            return StoreReader(src, storage_options)
-        except StoreError as exc:
-            if kind == "dir":
-                raise SlideReadError(
-                    f"{src}: is a directory, not a slide or a wsi_patchgd store; give slide "
-                    "files or a glob"
-                ) from exc
+            return added.opener(src, storage_options)
+        except SlideReadError:
+            raise
+        except WsiPatchGDError as exc:
             raise SlideReadError(str(exc)) from exc
     if reader == "openslide":
         return OpenSlideReader(src)

@@ -22,7 +22,9 @@ from typing import Any
 
 from ..errors import WsiPatchGDError
 from ..io import StorageOptions, filesystem, is_remote, join
-from .convert import ConvertOptions, SlideResult, convert_slide, store_name, write_shard
+from .convert import SlideResult, convert_slide, store_name
+from .plan import ConvertOptions
+from .tasks import write_shard
 
 _GLOB_CHARS = set("*?[")
 

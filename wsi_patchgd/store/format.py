@@ -19,11 +19,13 @@
 ```
 
 "complete" means complete: it is written only after every node of :func:`required_nodes` was
-opened and found with the shape the attributes give.
+opened and found with the shape the attributes give. The keys of the "wsi_patchgd" attributes,
+typed: :class:`wsi_patchgd.store.meta.StoreMeta`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 FORMAT_VERSION = 1
@@ -97,7 +99,7 @@ def ome_multiscales(name: str, downsamples: list[float], mpp: float | None) -> d
     }
 
 
-def required_nodes(meta: dict[str, Any]) -> dict[str, tuple[int, ...] | None]:
+def required_nodes(meta: Mapping[str, Any]) -> dict[str, tuple[int, ...] | None]:
     """Every group and array a complete store has, for its ``wsi_patchgd`` attributes: node
     path -> expected array shape (None: a group, or the mask, whose shape is its own)."""
     patch = int(meta["patch_size"])

@@ -1,4 +1,4 @@
-"""JPEG passthrough: store a source TIFF's JPEG tiles in the Zarr store unchanged.
+"""The Zarr codec of JPEG passthrough: a source TIFF's JPEG tiles kept in the store unchanged.
 
 Where a source level is JPEG-tiled with tiles of exactly the store's patch size (Aperio SVS with
 ``--patch-size 240``, most generic and OME pyramidal TIFFs with 256 px tiles), the fastest
@@ -7,6 +7,9 @@ generation loss, and a store as small as the source. Such a level's inner chunk 
 :class:`JpegTileCodec` (``"wsi_patchgd.jpeg"``), which keeps the TIFF's shared ``JPEGTables`` and
 colour-space handling in its configuration and decodes exactly as tifffile decodes the source
 (so the pixels are those OpenSlide and tifffile give for that tile; the tests measure it).
+Finding such pages and reading their tile bytes is the readers' job
+(:mod:`wsi_patchgd.readers.tiff_tiles`); copying them into shards is the converter's
+(:mod:`wsi_patchgd.store.tasks`).
 
 The codec is registered with zarr when :mod:`wsi_patchgd` is imported and through the
 ``zarr.codecs`` entry point, so ``zarr.open_array`` reads these levels like any other. Other
@@ -20,8 +23,6 @@ that, it only copies source tiles.
 from __future__ import annotations
 
 import base64
-import os
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,15 +31,14 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import JSON, parse_named_configuration
 
-from ..io import StorageOptions, filesystem, is_remote, local_path
-
 if TYPE_CHECKING:
     from typing import Self
 
     from zarr.core.array_spec import ArraySpec
 
+    from ..readers.tiff_tiles import JpegLevel
+
 CODEC_NAME = "wsi_patchgd.jpeg"
-_JPEG_COMPRESSIONS = {7}  # new-style JPEG (what SVS and pyramidal TIFF writers use)
 
 
 def decode_tile(
@@ -50,7 +50,7 @@ def decode_tile(
     out = imagecodecs.jpeg_decode(
         data, bitspersample=8, tables=tables, colorspace=colorspace, outcolorspace=outcolorspace
     )
-    return np.asarray(out, np.uint8)  # 3 samples: jpeg_levels admits RGB/YCbCr pages only
+    return np.asarray(out, np.uint8)  # 3 samples: passthrough takes RGB/YCbCr pages only
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ class JpegTileCodec(ArrayBytesCodec):
     tables: str | None = None
     colorspace: int | str | None = None
     outcolorspace: int | str | None = 2
+
+    @classmethod
+    def for_level(cls, level: JpegLevel) -> Self:
+        """The codec that decodes the tiles of a source page as tifffile decodes them."""
+        tables = base64.b64encode(level.tables).decode() if level.tables else None
+        return cls(tables, level.colorspace, level.outcolorspace)
 
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
@@ -142,147 +148,3 @@ def register() -> None:
 
 
 register()
-
-
-# --------------------------------------------------------------------------------------------
-# the source side
-
-
-@dataclass(frozen=True)
-class JpegLevel:
-    """A TIFF page whose JPEG tiles can be stored unchanged."""
-
-    page: int  #: index into the TIFF's pages
-    height: int
-    width: int
-    tile: int
-    tables: bytes | None
-    colorspace: int | str | None
-    outcolorspace: int | str | None
-
-    def codec(self) -> JpegTileCodec:
-        return JpegTileCodec(
-            base64.b64encode(self.tables).decode() if self.tables else None,
-            self.colorspace,
-            self.outcolorspace,
-        )
-
-
-def jpeg_levels(
-    source: str, patch_size: int, storage_options: StorageOptions | None = None
-) -> list[JpegLevel]:
-    """The pages of a TIFF whose tiles are P x P 8-bit RGB/YCbCr JPEG (empty for other files)."""
-    import tifffile
-
-    try:
-        with JpegTiles(source, storage_options) as jt:
-            return jt.levels(patch_size)
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError):
-        return []
-
-
-class JpegTiles:
-    """Raw tile bytes of a TIFF, by positional reads (thread-safe, no file lock)."""
-
-    def __init__(self, source: str, storage_options: StorageOptions | None = None) -> None:
-        import tifffile
-
-        self.source = source
-        self._fd: int | None = None
-        self._fh: Any = None
-        self._lock = threading.Lock()
-        self._pages: dict[int, tuple[int, int, np.ndarray, np.ndarray]] = {}
-        if is_remote(source):
-            self._fs, self._path = filesystem(source, storage_options)
-            self._fh = self._fs.open(self._path, "rb")
-            self._tif = tifffile.TiffFile(self._fh)
-        else:
-            p = local_path(source)
-            self._tif = tifffile.TiffFile(p)
-            self._fd = os.open(p, os.O_RDONLY)
-
-    def __enter__(self) -> JpegTiles:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def levels(self, patch_size: int) -> list[JpegLevel]:
-        from tifffile.tifffile import jpeg_decode_colorspace
-
-        out = []
-        pages: list[Any] = list(self._tif.pages)
-        for i, page in enumerate(pages):
-            if not hasattr(page, "compression") or int(page.compression) not in _JPEG_COMPRESSIONS:
-                continue
-            if not (
-                page.is_tiled
-                and int(page.tilewidth) == patch_size
-                and int(page.tilelength) == patch_size
-                and int(page.samplesperpixel) == 3
-                and int(page.bitspersample) == 8
-                and int(page.planarconfig) == 1
-                and int(page.photometric) in (2, 6)
-                and not page.extrasamples
-                and getattr(page, "jpegheader", None) is None
-                and page.imagedepth == 1
-            ):
-                continue
-            cs, ocs = jpeg_decode_colorspace(
-                int(page.photometric), int(page.planarconfig), page.extrasamples, page.is_jfif
-            )
-            out.append(
-                JpegLevel(
-                    i,
-                    int(page.imagelength),
-                    int(page.imagewidth),
-                    patch_size,
-                    page.jpegtables,
-                    cs,
-                    ocs,
-                )
-            )
-        return out
-
-    def _page(self, page: int) -> tuple[int, int, np.ndarray, np.ndarray]:
-        """(tiles across, tiles down, offsets, byte counts) of a page, parsed once: tifffile
-        parses pages lazily from one shared file handle, which is not safe across threads."""
-        with self._lock:
-            info = self._pages.get(page)
-            if info is None:
-                pg: Any = self._tif.pages[page]
-                info = (
-                    -(-int(pg.imagewidth) // int(pg.tilewidth)),
-                    -(-int(pg.imagelength) // int(pg.tilelength)),
-                    np.asarray(pg.dataoffsets, np.int64),
-                    np.asarray(pg.databytecounts, np.int64),
-                )
-                self._pages[page] = info
-        return info
-
-    def tiles(self, page: int, rows: range, cols: range) -> dict[tuple[int, int], bytes]:
-        """Bytes of the tiles (row, col) of a page; tiles the file leaves empty are absent.
-        Thread-safe (positional reads)."""
-        nx, ny, offs, counts = self._page(page)
-        want = [
-            (r, c, r * nx + c)
-            for r in rows
-            for c in cols
-            if r < ny and c < nx and counts[r * nx + c]
-        ]
-        if self._fd is not None:
-            return {(r, c): os.pread(self._fd, int(counts[i]), int(offs[i])) for r, c, i in want}
-        blobs = self._fs.cat_ranges(
-            [self._path] * len(want),
-            [int(offs[i]) for _, _, i in want],
-            [int(offs[i] + counts[i]) for _, _, i in want],
-        )
-        return {(r, c): b for (r, c, _), b in zip(want, blobs, strict=True)}
-
-    def close(self) -> None:
-        self._tif.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._fh is not None:
-            self._fh.close()

@@ -1,83 +1,35 @@
-"""Reading a slide store: levels, regions, batched patch reads, tissue mask and patch table."""
+"""Reading a slide store: levels, regions, batched patch reads, tissue mask and patch table.
+
+Pixel layouts: :meth:`SlideStore.read_region` is (height, width, 3) like
+:meth:`wsi_patchgd.readers.SlideReader.read_region`; the methods named ``*_chw``, the patch
+reads and :meth:`SlideStore.to_dask` are (3, height, width), the store's own layout.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
 from ..errors import StoreError, StoreIncompleteError
-from ..io import StorageOptions, filesystem, is_remote, zarr_store
-from .format import (
-    ATTR_KEY,
-    FILL_VALUE,
-    FORMAT_VERSION,
-    OLD_SUFFIX,
-    REBUILD_SUFFIX,
-    required_nodes,
-)
+from ..io import StorageOptions, zarr_store
+from .chunk_reader import ChunkReader, supports
+from .format import ATTR_KEY, FILL_VALUE, FORMAT_VERSION, OLD_SUFFIX, REBUILD_SUFFIX
+from .meta import StoreMeta
+from .verify import verify_store
 
+if TYPE_CHECKING:
+    import dask.array
 
-def store_keys(url: str, storage_options: StorageOptions | None = None) -> set[str]:
-    """Every object (file) of the store at url, as paths relative to it (one listing)."""
-    fs, root = filesystem(url, storage_options)
-    if is_remote(url):
-        fs.invalidate_cache(root)
-    try:
-        found = fs.find(root)
-    except FileNotFoundError:
-        return set()
-    return {k[len(root) + 1 :] for k in found if k.startswith(root + "/")}
-
-
-def verify_store(
-    url: str,
-    storage_options: StorageOptions | None,
-    meta: dict[str, Any],
-    *,
-    keys: set[str] | None = None,
-    deep: bool = False,
-) -> list[str]:
-    """What a store lacks to be complete for its attributes ``meta``; [] when nothing.
-
-    Every node of :func:`~wsi_patchgd.store.format.required_nodes` must have its metadata
-    object (one listing); ``deep`` also opens each one and compares array shapes. Missing shard
-    objects cannot be told from all-white shards, which are not stored, so they are not checked.
-    """
-    keys = store_keys(url, storage_options) if keys is None else keys
-    try:
-        nodes = required_nodes(meta)
-    except (KeyError, TypeError, ValueError) as exc:
-        return [f"attributes lack {exc}"]
-    problems = [f"{n} missing" for n in nodes if f"{n}/zarr.json" not in keys]
-    if "zarr.json" not in keys:
-        problems.insert(0, "zarr.json missing")
-    if problems or not deep:
-        return problems
-    group = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r")
-    for name, shape in nodes.items():
-        try:
-            node: Any = group[name]
-        except Exception as exc:  # torn or unreadable metadata
-            problems.append(f"{name} unreadable ({type(exc).__name__})")
-            continue
-        is_array = isinstance(node, zarr.Array)
-        if name == "tissue/mask":
-            if not (is_array and node.ndim == 2):
-                problems.append("tissue/mask is not a 2-d array")
-        elif shape is None:
-            if is_array:
-                problems.append(f"{name} is an array, not a group")
-        elif not is_array:
-            problems.append(f"{name} is a group, not an array")
-        elif tuple(node.shape) != shape:
-            problems.append(f"{name} has shape {tuple(node.shape)}, attributes say {shape}")
-    return problems
+#: :meth:`SlideStore.level_for_mpp` takes a level whose pixels are up to this much (relative)
+#: coarser than asked for (level sizes are rounded, so downsamples are rarely exact)
+MPP_TOLERANCE = 0.01
 
 
 def _open(url: str, storage_options: StorageOptions | None) -> tuple[Any, dict[str, Any]]:
@@ -148,26 +100,31 @@ class SlideStore:
                 if alt is not None:
                     self.location, group, attrs = alt
         self.group = group
-        if ATTR_KEY not in attrs:
+        raw = attrs.get(ATTR_KEY)
+        if not isinstance(raw, dict):
             raise StoreError(
                 f"{self.url}: a Zarr group but not a wsi_patchgd store (no '{ATTR_KEY}' "
                 "attributes); create it with `wsi-patchgd convert`"
             )
-        self.meta: dict[str, Any] = dict(attrs[ATTR_KEY])  # type: ignore[arg-type]
-        if int(self.meta.get("format_version", 0)) > FORMAT_VERSION:
+        version = raw.get("format_version", 0)
+        if isinstance(version, (int, float)) and version > FORMAT_VERSION:
             raise StoreError(
-                f"{self.url}: store format {self.meta.get('format_version')} is newer than this "
-                f"wsi_patchgd understands ({FORMAT_VERSION}); upgrade wsi_patchgd"
+                f"{self.url}: store format {version} is newer than this wsi_patchgd "
+                f"understands ({FORMAT_VERSION}); upgrade wsi_patchgd"
             )
-        if require_complete and self.meta.get("complete") is not True:
+        if require_complete and raw.get("complete") is not True:
             raise StoreIncompleteError(
                 f"{self.url}: store is incomplete (its conversion did not finish); rerun "
                 "`wsi-patchgd convert` on its source to resume it"
             )
+        #: the raw ``wsi_patchgd`` attribute object, as stored
+        self.attrs: dict[str, Any] = dict(raw)
+        #: the same, typed and checked
+        self.meta: StoreMeta = StoreMeta.from_dict(raw, self.url)
         self.ome: dict[str, Any] = dict(attrs.get("ome") or {})  # type: ignore[arg-type]
         self._arrays: dict[int, Any] = {}
         self._storage_options = storage_options
-        self._chunk_readers: dict[int, Any] = {}
+        self._chunk_readers: dict[int, ChunkReader | None] = {}
         self._cr_lock = threading.Lock()
 
     def verify(self, deep: bool = True) -> list[str]:
@@ -177,28 +134,61 @@ class SlideStore:
     # -- metadata --------------------------------------------------------------------------
     @property
     def complete(self) -> bool:
-        return self.meta.get("complete") is True
+        return self.meta.complete
 
     @property
     def patch_size(self) -> int:
-        return int(self.meta["patch_size"])
+        return self.meta.patch_size
 
     @property
     def mpp(self) -> float | None:
-        v = self.meta.get("mpp")
-        return float(v) if v else None
+        """Micrometres per pixel of level 0; None where the source did not record it."""
+        return self.meta.mpp or None
 
     @property
     def n_levels(self) -> int:
-        return len(self.meta.get("levels", []))
+        return len(self.meta.levels)
 
     def level_shape(self, level: int) -> tuple[int, int]:
         """(height, width) of a level."""
-        h, w = self.meta["levels"][level]["shape"][1:]
-        return int(h), int(w)
+        lv = self.meta.levels[level]
+        return lv.height, lv.width
 
     def downsample(self, level: int) -> float:
-        return float(self.meta["levels"][level]["downsample"])
+        return self.meta.levels[level].downsample
+
+    def level_mpp(self, level: int) -> float | None:
+        """Micrometres per pixel of a level (level 0's times its downsample); None: unknown."""
+        return None if self.mpp is None else self.mpp * self.downsample(level)
+
+    def level_for_mpp(self, mpp: float) -> int:
+        """The level to read for a pixel size of ``mpp`` micrometres.
+
+        The rule: the coarsest level whose pixels are no coarser than ``mpp`` (allowing
+        :data:`MPP_TOLERANCE`, 1 %, for rounded level sizes), so that the data is never less
+        detailed than asked for; level 0 when ``mpp`` is finer than level 0.
+
+        Raises:
+            StoreError: the store records no mpp (its source did not say).
+            ValueError: ``mpp`` is not a positive number.
+        """
+        try:
+            want = float(mpp)
+        except (TypeError, ValueError):
+            want = math.nan
+        if not (math.isfinite(want) and want > 0):
+            raise ValueError(f"mpp must be a positive number of micrometres, got {mpp!r}")
+        base = self.mpp
+        if base is None:
+            raise StoreError(
+                f"{self.url}: store has no mpp (its source {self.meta.source.name!r} records "
+                "no pixel size); choose a level by index instead"
+            )
+        best = 0
+        for i, lv in enumerate(self.meta.levels):
+            if base * lv.downsample <= want * (1 + MPP_TOLERANCE):
+                best = i
+        return best
 
     def grid_shape(self, level: int, patch_size: int | None = None) -> tuple[int, int]:
         """(n_h, n_w) of the non-overlapping patch grid of a level (last row/col padded)."""
@@ -216,12 +206,48 @@ class SlideStore:
             self._arrays[level] = self._node(str(level))
         return self._arrays[level]
 
+    def to_dask(self, level: int = 0, chunks: Any = None) -> dask.array.Array:
+        """A level as a lazy dask array, (3, H, W) uint8.
+
+        Args:
+            level: level index.
+            chunks: dask chunks; default: the store's chunks, (3, P, P) with P the patch size
+                (``(3, S, S)`` with S = ``meta.shard_size`` reads one object per chunk).
+
+        Raises:
+            StoreError: the level does not exist.
+        """
+        import dask.array as da
+        from dask.base import tokenize
+
+        arr = self.array(level)
+        chunks = chunks if chunks is not None else arr.chunks
+        # the name says which pixels these are: same store, level, layout and attributes
+        token = tokenize(self.location, level, chunks, self.attrs)
+        return da.from_array(
+            arr, chunks=chunks, name=f"wsi-patchgd-{level}-{token}", asarray=True, fancy=False
+        )
+
     # -- pixels ----------------------------------------------------------------------------
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """(3, height, width) uint8 of a level; outside the image is white."""
-        return self.read_regions(level, [(x, y)], width, height)[0]
+        """A region of a level as (height, width, 3) RGB uint8, like a slide reader's.
 
-    def read_regions(
+        Args:
+            level: level index.
+            x, y: top-left corner in the level's pixels (may be outside the image).
+            width, height: region size.
+
+        Returns:
+            (height, width, 3) uint8, C-contiguous; outside the image is white.
+        """
+        chw = self.read_region_chw(level, x, y, width, height)
+        return np.ascontiguousarray(chw.transpose(1, 2, 0))
+
+    def read_region_chw(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """A region of a level as (3, height, width) uint8; outside the image is white."""
+        return self.read_regions_chw(level, [(x, y)], width, height)[0]
+
+    def read_regions_chw(
         self, level: int, origins: Sequence[tuple[int, int]], width: int, height: int
     ) -> np.ndarray:
         """Many same-size regions of one level, read concurrently.
@@ -283,14 +309,12 @@ class SlideStore:
             for i, a in enumerate(reader.read_chunks(chunks)):
                 out[i] = a
             return out
-        return self.read_regions(
+        return self.read_regions_chw(
             level, [(int(c) * p, int(r) * p) for r, c in zip(rows, cols, strict=True)], p, p
         )
 
-    def chunk_reader(self, level: int) -> Any:
+    def chunk_reader(self, level: int) -> ChunkReader | None:
         """The fast chunk reader of a level, or None if its layout is not one it handles."""
-        from .chunk_reader import ChunkReader, supports
-
         with self._cr_lock:
             if level not in self._chunk_readers:
                 meta = self.array(level).metadata.to_dict()
@@ -303,7 +327,7 @@ class SlideStore:
 
     # -- tissue ----------------------------------------------------------------------------
     def tissue_mask(self) -> np.ndarray:
-        """The stored tissue mask (bool, at ``meta['tissue']['mask_downsample']``)."""
+        """The stored tissue mask (bool, at :attr:`mask_downsample`)."""
         return np.asarray(self._node("tissue/mask")[:]).astype(bool)
 
     def _node(self, key: str) -> Any:
@@ -317,7 +341,8 @@ class SlideStore:
 
     @property
     def mask_downsample(self) -> float:
-        return float(self.meta["tissue"]["mask_downsample"])
+        """Downsample of the tissue mask (level-0 pixels per mask pixel)."""
+        return float(self._tissue_value("mask_downsample"))
 
     def patch_fractions(self, level: int = 0) -> np.ndarray:
         """Tissue fraction of every patch of a level's grid, float32 (n_h, n_w)."""
@@ -328,4 +353,14 @@ class SlideStore:
 
     @property
     def tissue_fraction(self) -> float:
-        return float(self.meta["tissue"]["fraction"])
+        """Tissue fraction of the whole slide."""
+        return float(self._tissue_value("fraction"))
+
+    def _tissue_value(self, key: str) -> float:
+        v = getattr(self.meta.tissue, key)
+        if v is None:
+            raise StoreError(
+                f"{self.url}: store attributes lack 'tissue.{key}' (its conversion did not "
+                "finish); rerun `wsi-patchgd convert` on its source to finish it"
+            )
+        return float(v)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.fill import fill_latent
 from ..plots import plot_heatmap
 from .metrics import accuracy, confusion, qwk
 from .setup import Setup
@@ -64,7 +65,7 @@ def latent_heatmap(setup: Setup, image: int, model: nn.Module | None = None) -> 
     """
     net = model or setup.model
     net.eval()
-    latent, _ = net.fill(setup.source, [image], setup.fill_batch_size)  # type: ignore[operator]
+    latent = fill_latent(net, setup.source, [image], setup.fill_batch_size)
     z = latent.z.detach().requires_grad_(True)
     logits = net.head(z, latent.valid)  # type: ignore[operator]
     logits[0, int(logits.argmax(1)[0])].backward()

@@ -20,8 +20,9 @@ from torch import nn
 
 from ..data import StorePatchSource
 from ..data.manifest import ManifestRow
-from ..engine.gd import GDModel, gd_predict, gd_train_batch
-from ..engine.patchgd import build_patchgd_model, predict, train_batch
+from ..engine.gd import gd_predict, gd_train_batch
+from ..engine.model import build_gd_model, build_patchgd_model
+from ..engine.patchgd import predict, train_batch
 from ..errors import ConfigError
 from ..sampling import build_sampler
 from ..store.slide_store import SlideStore
@@ -251,7 +252,7 @@ class GD(TrainingMethod):
             cfg = replace(cfg, patchgd=p)
         levels = gd_levels(urls, p.gd_image_size, so)
         source = StorePatchSource(urls, levels, cfg.data.patch_size, 0.0, so)
-        model = GDModel(
+        model = build_gd_model(
             m.backbone,
             m.num_classes,
             p.gd_image_size,
@@ -344,7 +345,7 @@ def gd_side_for_budget(cfg: RunConfig, urls: Sequence[str], so: Any, log: Log) -
     m, p = cfg.model, cfg.patchgd
     assert p.memory_budget is not None
     largest = max(max(SlideStore(u, so).level_shape(0)) for u in urls)
-    probe = GDModel(
+    probe = build_gd_model(
         m.backbone, m.num_classes, 64, m.latent_dim, None, m.head_channels, m.head_convs, 0.0
     )
     side = plan_gd_image_size(

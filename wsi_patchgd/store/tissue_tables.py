@@ -1,0 +1,86 @@
+"""A store's tissue: the mask and the per-patch tissue tables, written after the levels.
+
+:func:`level_fractions` is the one way a level's per-patch tissue fractions come from a mask
+stored at another downsample (the conversion stores them for the store's patch size; the data
+loader computes them for any other patch size); :func:`write_tissue` writes the mask and the
+tables of every level of a converted store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..io import StorageOptions, zarr_store
+from ..tissue import detect_tissue, patch_tissue_fractions, summed_area_table
+from .lifecycle import remove_prefix
+from .plan import ConvertOptions, LevelPlan
+
+
+def level_fractions(
+    mask: np.ndarray,
+    mask_downsample: float,
+    level_downsample: float,
+    patch_size: int,
+    level_shape: tuple[int, int],
+    sat: np.ndarray | None = None,
+) -> np.ndarray:
+    """Tissue fraction of every patch of a level's patch grid, from a mask at another scale.
+
+    Args:
+        mask: 2-D boolean tissue mask.
+        mask_downsample: the mask's downsample relative to level 0.
+        level_downsample: the level's downsample relative to level 0.
+        patch_size: patch side in level pixels.
+        level_shape: ``(height, width)`` of the level in pixels (the grid's last row and
+            column cover its edge).
+        sat: :func:`~wsi_patchgd.tissue.summed_area_table` of ``mask``, if already computed.
+
+    Returns:
+        ``float32`` array of ``ceil(height / P) x ceil(width / P)`` fractions in ``[0, 1]``.
+    """
+    h, w = level_shape
+    grid = ((h + patch_size - 1) // patch_size, (w + patch_size - 1) // patch_size)
+    scale = level_downsample / mask_downsample  # mask pixels per pixel of this level
+    return patch_tissue_fractions(mask, scale, patch_size, grid, sat)
+
+
+def write_tissue(
+    url: str,
+    storage_options: StorageOptions | None,
+    plans: list[LevelPlan],
+    options: ConvertOptions,
+) -> dict[str, Any]:
+    """Detect tissue on a written level and store the mask and every level's patch table.
+
+    The mask is computed on the finest level whose longer side is <= ``options.mask_max_size``
+    (``tissue/mask``); ``tissue/fraction/<level>`` holds the fractions of each level's patches.
+    Whatever a killed run left under ``tissue`` is deleted first.
+
+    Returns:
+        The ``tissue`` entry of the store's attributes.
+    """
+    remove_prefix(url, storage_options, "tissue")  # whatever a killed run left, torn or not
+    store = zarr_store(url, storage_options)
+    group = zarr.open_group(store, mode="r+")
+    lvl = next((pl for pl in plans if max(pl.height, pl.width) <= options.mask_max_size), plans[-1])
+    level_array: Any = group[str(lvl.index)]
+    thumb = np.asarray(level_array[:]).transpose(1, 2, 0)
+    mask = detect_tissue(thumb, options.tissue)
+    tg = group.create_group("tissue")
+    tg.create_array("mask", data=mask.astype(bool), chunks=mask.shape, overwrite=True)
+    fr = tg.create_group("fraction")
+    sat = summed_area_table(mask)  # one for every level
+    for pl in plans:
+        fractions = level_fractions(
+            mask, lvl.downsample, pl.downsample, options.patch_size, (pl.height, pl.width), sat
+        )
+        fr.create_array(str(pl.index), data=fractions.astype(np.float32), overwrite=True)
+    return {
+        "params": options.tissue.to_dict(),
+        "mask_level": lvl.index,
+        "mask_downsample": lvl.downsample,
+        "fraction": float(mask.mean()),
+    }
