@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 DATA    ?= ../shared/data
 OUT     ?= out
 
-.PHONY: install test lint typecheck unit demo convert-shared bench bench-convert bench-read bench-train clean
+.PHONY: install test lint typecheck unit demo convert-shared bench bench-convert bench-read bench-train bench-stream bench-distributed clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +55,13 @@ bench-read: install
 bench-train: install
 	$(PY) benchmarks/bench_train.py
 
-bench: bench-convert bench-read bench-train
+bench-stream: install
+	$(PY) benchmarks/bench_stream.py
+
+bench-distributed: install
+	$(PY) benchmarks/bench_distributed.py
+
+bench: bench-convert bench-read bench-train bench-stream bench-distributed
 
 clean:
 	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache

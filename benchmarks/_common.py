@@ -1,19 +1,20 @@
-"""Shared pieces of the benchmarks: machine description, test slides, subprocess peak RSS, tables.
+"""Shared pieces of the benchmarks: options, tables and JSON, the machine, test slides.
 
 Every benchmark measures its baseline in the same run, prints a table and writes a JSON file that
-also describes the machine (CPU model, cores, RAM, library versions).
+also describes the machine (CPU model, cores, RAM, library versions). Each ``bench_*.py`` script
+is a thin entry point (options, main); its jobs live in a package of the same name without the
+prefix (``benchmarks/convert/``, ``read/``, ``train/``), and what they share lives here
+(peak memory of processes: :mod:`benchmarks._memory`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,8 +49,31 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def parser(
+    doc: str, name: str, sizes: str | None, sizes_help: str, quick_help: str
+) -> argparse.ArgumentParser:
+    """An option parser with what every benchmark has: ``--sizes``, ``--workdir``, ``--json``,
+    ``--quick``; its description is the first paragraph of the script's ``doc``."""
+    ap = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--sizes", default=sizes, help=sizes_help)
+    ap.add_argument(
+        "--workdir",
+        default=str(DEFAULT_WORKDIR),
+        help="slides and stores go here (default %(default)s)",
+    )
+    ap.add_argument(
+        "--json", default=None, help=f"result file (default benchmarks/results/{name}.json)"
+    )
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    return ap
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with right-aligned columns."""
+    """A plain-text table with right-aligned columns (a note instead when there are no rows)."""
+    if not rows:
+        return "  (nothing measured)"
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -67,6 +91,27 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def default_json(name: str, quick: bool) -> Path:
     """``benchmarks/results/<name>.json`` (``<name>.quick.json`` for smoke runs)."""
     return RESULTS / f"{name}{'.quick' if quick else ''}.json"
+
+
+def start(
+    args: argparse.Namespace, name: str, announce: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """What every benchmark does first: create ``--workdir``, describe the machine.
+
+    Args:
+        args: the options of :func:`parser`.
+        name: the benchmark, for the default result file.
+        announce: log the machine's description (a benchmark that adds to it logs it itself).
+
+    Returns:
+        (the result file: ``--json`` or :func:`default_json`, :func:`machine_info`).
+    """
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    json_path = Path(args.json) if args.json else default_json(name, args.quick)
+    info = machine_info()
+    if announce:
+        log(f"machine: {describe_machine(info)}")
+    return json_path, info
 
 
 def write_json(path: str | Path, doc: dict[str, Any]) -> Path:
@@ -161,6 +206,7 @@ def code_version() -> dict[str, Any]:
 
 
 def describe_machine(info: dict[str, Any]) -> str:
+    """One line of :func:`machine_info` for the log and the plots (says when the box is busy)."""
     return (
         f"{info['cpu_model']}, {info['cores_logical']} logical cores, {info['ram_gb']} GiB RAM, "
         f"Python {info['python']}, zarr {info['versions'].get('zarr')}, "
@@ -175,6 +221,7 @@ def describe_machine(info: dict[str, Any]) -> str:
 
 
 def disk_free_gb(path: str | Path) -> float:
+    """Free GiB on the disk that holds ``path`` (or its nearest existing parent)."""
     p = Path(path)
     while not p.exists():
         p = p.parent
@@ -197,6 +244,7 @@ def dir_size_mb(path: str | Path) -> float:
 
 
 def remove(path: str | Path) -> None:
+    """Delete a file or a folder tree if it is there."""
     p = Path(path)
     if p.is_dir():
         shutil.rmtree(p, ignore_errors=True)
@@ -229,6 +277,7 @@ def texture_tiles() -> list[np.ndarray]:
 
 
 def slide_path(workdir: str | Path, size: int) -> Path:
+    """Where :func:`ensure_slide` caches the size x size test slide."""
     return Path(workdir) / "slides" / f"tissue_{size}.tif"
 
 
@@ -255,92 +304,3 @@ def ensure_slide(workdir: str | Path, size: int, tiles: list[np.ndarray] | None 
         f"({path.stat().st_size / 1e6:,.0f} MB)"
     )
     return path
-
-
-# --------------------------------------------------------------------------------------------
-# subprocess runs with peak RSS
-
-
-def run_measured(cmd: list[str], result_json: Path, timeout: float | None = None) -> dict[str, Any]:
-    """Run ``cmd``, sampling the RSS of its whole process tree every 0.1 s.
-
-    The child writes its own result (a JSON object) to ``result_json``; it should include
-    ``maxrss_self_mb`` (``getrusage(RUSAGE_SELF).ru_maxrss``) and ``maxrss_children_mb``.
-
-    Returns:
-        The child's result plus ``wall_s`` (the child's lifetime as seen from here),
-        ``peak_rss_tree_mb`` (largest sampled sum of RSS over the tree) and ``peak_rss_mb``
-        (the larger of that and the child's own high-water mark ``maxrss_self_mb``, since
-        sampling can miss a short spike).
-    """
-    import psutil
-
-    remove(result_json)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.Error:
-            return
-        while not stop.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-                rss = 0
-                for p in procs:
-                    try:
-                        rss += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak = max(peak, rss)
-            except psutil.Error:
-                return
-            stop.wait(0.1)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
-        rc = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        stop.set()
-        th.join()
-    wall = time.perf_counter() - t0
-    if rc != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with status {rc}")
-    res = json.loads(result_json.read_text())
-    res["wall_s"] = wall
-    res["peak_rss_tree_mb"] = peak / 1e6
-    res["peak_rss_mb"] = max(peak / 1e6, res.get("maxrss_self_mb", 0.0))
-    return res
-
-
-def own_rusage() -> dict[str, float]:
-    """This process's peak RSS in MB, for :func:`run_measured`.
-
-    ``maxrss_self_mb`` is the peak of this process image only: ``VmHWM`` from
-    ``/proc/self/status`` on Linux. ``getrusage(RUSAGE_SELF).ru_maxrss`` is NOT used for that
-    on Linux because it survives ``fork`` + ``exec``: a child started by a 600 MB parent reports
-    at least 600 MB. It is kept as ``ru_maxrss_mb`` for reference.
-    """
-    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
-    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
-    hwm = None
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return {
-        "maxrss_self_mb": hwm if hwm is not None else ru,
-        "ru_maxrss_mb": ru,
-        "maxrss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / 1e6,
-    }

@@ -128,16 +128,60 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _gcs_emulated(url: str, opts: Mapping[str, Any]) -> bool:
+    return url.startswith(("gs://", "gcs://")) and bool(
+        opts.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST")
+    )
+
+
+def _url_to_fs(url: str, opts: Mapping[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``fsspec.core.url_to_fs``, except for a GCS emulator (an ``endpoint_url``).
+
+    gcsfs 2025+ makes ``gs://`` an ``ExtendedGcsFileSystem`` that asks the Storage Control
+    API (gRPC) for every bucket's layout; an emulator serves only the JSON API, so each lookup
+    waits out a 60 s timeout and is not remembered. An emulator gets the plain JSON-API
+    ``gcsfs.core.GCSFileSystem`` instead.
+    """
+    if _gcs_emulated(url, opts):
+        import gcsfs.core
+
+        cls = gcsfs.core.GCSFileSystem
+        return cls(**opts), str(cls._strip_protocol(url))
+    fs, path = fsspec.core.url_to_fs(url, **opts)
+    return fs, str(path)
+
+
 def filesystem(
-    url: str | os.PathLike[str], storage_options: StorageOptions | None = None
+    url: str | os.PathLike[str],
+    storage_options: StorageOptions | None = None,
+    *,
+    streaming: int | None = None,
 ) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and the path inside it for ``url``."""
+    """The fsspec filesystem and the path inside it for ``url``.
+
+    Args:
+        url: a path or URL.
+        storage_options: fsspec options.
+        streaming: for the streaming reader (:mod:`wsi_patchgd.store.remote`), which retries
+            requests itself and keeps this many in flight: s3fs then gets a connection pool of
+            that size and no retries of its own (where ``storage_options`` do not say otherwise).
+    """
     s = str(url)
     if not is_remote(s):
         return fsspec.filesystem("file"), str(local_path(s).absolute())
     opts = storage_options_from_env(s, storage_options)
-    fs, path = fsspec.core.url_to_fs(s, **opts)
-    return fs, path
+    if streaming and s.startswith(("s3://", "s3a://")):
+        no_retries = {"total_max_attempts": 1, "mode": "standard"}
+        defaults = {
+            "config_kwargs": {"retries": no_retries, "max_pool_connections": int(streaming)}
+        }
+        user_retries = opts.get("config_kwargs", {}).get("retries")
+        opts = _merge(defaults, opts)
+        fs, path = _url_to_fs(s, opts)
+        if user_retries is None:
+            fs.retries = 1  # s3fs's own retry loop (a class attribute, not an option)
+        return fs, path
+    return _url_to_fs(s, opts)
 
 
 def zarr_store(
@@ -152,6 +196,9 @@ def zarr_store(
         return zarr.storage.LocalStore(local_path(s), read_only=read_only)
     opts = storage_options_from_env(s, storage_options)
     try:
+        if _gcs_emulated(s, opts):
+            fs, path = _url_to_fs(s, {**opts, "asynchronous": True})  # as from_url does
+            return zarr.storage.FsspecStore(fs, path=path, read_only=read_only)  # type: ignore[arg-type]
         return zarr.storage.FsspecStore.from_url(s, storage_options=opts, read_only=read_only)
     except Exception as exc:  # credentials, endpoint, bucket
         raise StorageAccessError(

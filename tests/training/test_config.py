@@ -46,3 +46,13 @@ def test_parse_bytes() -> None:
     assert parse_bytes("4GB") == 4_000_000_000
     assert parse_bytes("512MiB") == 512 * 2**20
     assert parse_bytes("1e9") == 1_000_000_000
+
+
+def test_cache_settings_are_checked_when_the_config_loads() -> None:
+    base = ["data.manifest=m.csv"]
+    cfg = load_config(None, [*base, "data.cache_dir=/tmp/c", "data.cache_size=2GB"])
+    assert (cfg.data.cache_dir, cfg.data.cache_size) == ("/tmp/c", "2GB")
+    with pytest.raises(ConfigError, match="data.cache_size"):
+        load_config(None, [*base, "data.cache_size=lots"])
+    with pytest.raises(ConfigError, match="data.remote_backend"):
+        load_config(None, [*base, "data.remote_backend=boto"])

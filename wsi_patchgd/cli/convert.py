@@ -9,7 +9,14 @@ import click
 from ..store import CODECS, ConvertOptions, convert_many
 from ..tissue import TissueParams
 from . import one_line_errors
-from .options import check_writable, parse_storage_options, storage_options_option
+from .options import (
+    check_writable,
+    dashboard_option,
+    overwrite_option,
+    parse_storage_options,
+    scheduler_option,
+    storage_options_option,
+)
 
 
 @click.command("convert")
@@ -40,15 +47,10 @@ from .options import check_writable, parse_storage_options, storage_options_opti
     default="auto",
     show_default=True,
 )
-@click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
+@scheduler_option
 @click.option("--workers", type=int, default=None, help="Threads of the local cluster.")
-@click.option(
-    "--dashboard",
-    is_flag=True,
-    help="Serve the local Dask cluster's dashboard on 127.0.0.1 (no authentication) and "
-    "print its URL; off by default.",
-)
-@click.option("--overwrite", is_flag=True, help="Rebuild stores that are already complete.")
+@dashboard_option
+@overwrite_option
 @click.option("--report", default=None, help="Write a JSON report of every slide here.")
 @click.option("--quiet", "-q", is_flag=True, help="A line per slide instead of a bar.")
 @storage_options_option

@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import one_line_errors
-from .options import check_writable
+from .options import check_writable, dashboard_option, overwrite_option, scheduler_option
 
 
 @click.command("make-ultramnist")
@@ -109,15 +109,10 @@ def make_ultramnist_command(
     "--level", type=int, default=None, help="Level training will read (kept stores have it)."
 )
 @click.option("--workers", type=int, default=None, help="Threads of the local Dask cluster.")
-@click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
-@click.option("--overwrite", is_flag=True, help="Rebuild stores that are already complete.")
+@scheduler_option
+@overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="A line per image instead of a bar.")
-@click.option(
-    "--dashboard",
-    is_flag=True,
-    help="Serve the local Dask cluster's dashboard on 127.0.0.1 (no authentication) and "
-    "print its URL; off by default.",
-)
+@dashboard_option
 @one_line_errors
 def prepare_panda_command(
     root: str,
@@ -191,12 +186,7 @@ def prepare_panda_command(
 )
 @click.option("--patch-size", type=int, default=256, show_default=True)
 @click.option("--workers", type=int, default=None, help="Dask threads for the conversion.")
-@click.option(
-    "--dashboard",
-    is_flag=True,
-    help="Serve the local Dask cluster's dashboard on 127.0.0.1 (no authentication) and "
-    "print its URL; off by default.",
-)
+@dashboard_option
 @one_line_errors
 def make_synthetic_command(
     out: str,

@@ -7,10 +7,9 @@ from typing import Any
 
 import click
 
-from ..errors import SlideReadError, StoreError
-from ..io import StorageOptions, filesystem
+from ..errors import StoreError
 from ..readers import open_slide
-from ..store.reader import StoreReader
+from ..store import StoreReader  # importing the store registers its reader with open_slide
 from ..tissue import tissue_fraction
 from . import one_line_errors
 from .options import parse_storage_options, storage_options_option
@@ -22,15 +21,13 @@ def describe(
     """Format, reader, levels, mpp, objective power and tissue fraction of a slide or store.
 
     Raises:
-        StoreError: a store that is incomplete, or marked complete but lacking arrays the
-            format lists (one line that names them and says how to repair it).
+        SlideReadError: not a readable slide or store; for a store that cannot be opened
+            (incomplete, interrupted rebuild ...), the store's own message: what is missing
+            and what to do.
+        StoreError: a store marked complete but lacking arrays the format lists (one line
+            that names them and says how to repair it).
     """
-    try:
-        r = open_slide(source, storage_options, reader)
-    except SlideReadError:
-        _raise_store_problem(source, storage_options)
-        raise
-    with r:
+    with open_slide(source, storage_options, reader) as r:
         info = r.info()
         if isinstance(r, StoreReader):
             problems = r.store.verify()
@@ -55,22 +52,6 @@ def describe(
         "objective_power": info.objective_power,
         "tissue_fraction": frac,
     }
-
-
-def _raise_store_problem(source: str, storage_options: StorageOptions | None) -> None:
-    """For a store the slide readers refused: raise the store's own error (incomplete ...)."""
-    from ..store.format import REBUILD_SUFFIX
-    from ..store.slide_store import SlideStore
-
-    fs, path = filesystem(source, storage_options)
-    try:
-        is_store = fs.exists(path.rstrip("/") + "/zarr.json") or fs.exists(
-            path.rstrip("/") + REBUILD_SUFFIX + "/zarr.json"
-        )
-    except OSError:
-        return
-    if is_store:
-        SlideStore(source, storage_options)  # raises StoreError / StoreIncompleteError
 
 
 @click.command("info")

@@ -1,4 +1,4 @@
-"""Options shared by several commands."""
+"""Options shared by several commands, and the checks of their values."""
 
 from __future__ import annotations
 
@@ -36,6 +36,21 @@ storage_options_option = click.option(
     default=None,
     help="fsspec options as JSON for s3:// / gs:// URLs, e.g. "
     '\'{"endpoint_url": "http://127.0.0.1:9000"}\' (also WSI_PATCHGD_STORAGE_OPTIONS).',
+)
+
+dashboard_option = click.option(
+    "--dashboard",
+    is_flag=True,
+    help="Serve the local Dask cluster's dashboard on 127.0.0.1 (no authentication) and "
+    "print its URL; off by default.",
+)
+
+scheduler_option = click.option(
+    "--scheduler", default=None, help="Address of a running Dask scheduler."
+)
+
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Rebuild stores that are already complete."
 )
 
 

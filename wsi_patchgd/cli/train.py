@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -49,6 +50,8 @@ def train_command(
     from ..training.trainer import train  # torch: after the quick checks
 
     s = train(cfg, resume=resume, quiet=quiet)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports
     click.echo(
         f"run: {s['run']}  best epoch {s['best_epoch']}  val accuracy "
         f"{s['val_accuracy']}  val QWK {s['val_qwk']}"

@@ -1,10 +1,14 @@
 """The store-backed :class:`~wsi_patchgd.engine.source.PatchSource` the trainer reads through.
 
 Reads are batched per inner iteration (one call reads the k patches of an image through the
-chunk reader: one byte-range read and one decode per patch, thread-parallel), and the next
-requests are prefetched in a background thread while the current step computes: the engine
-announces the reads of a whole batch with :meth:`StorePatchSource.prefetch` and then asks for
-them one by one; at most ``lookahead`` requests are in flight, so memory stays bounded.
+chunk reader: locally one ``pread`` and one decode per patch, thread-parallel; remotely the
+chunks of a shard in about one request, all shards at once, see
+:mod:`wsi_patchgd.store.shard_stream`), and the next requests are prefetched in background
+threads while the current step computes: the engine announces the reads of a whole batch with
+:meth:`StorePatchSource.prefetch` and then asks for them one by one; at most ``lookahead``
+requests are in flight, so memory stays bounded. Remote stores can keep their shards in a local
+on-disk cache (``cache_dir``), so that epoch 2 onward reads at local speed;
+:meth:`StorePatchSource.take_io_stats` tells what the reads cost.
 """
 
 from __future__ import annotations
@@ -18,10 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import StorageOptions
+from ..io import StorageOptions, is_remote
 from ..sampling import PatchGrid
+from ..store.cache import ShardCache, parse_size, shard_cache
+from ..store.iostats import IOStats
+from ..store.remote import StreamOptions
 from ..store.slide_store import SlideStore
 from ..store.tissue_tables import level_fractions
+
+#: ``cache_size`` when a cache directory is given without one
+DEFAULT_CACHE_SIZE = "20GB"
+#: prefetch threads for remote stores (requests of several reads overlap); local stores use 1
+REMOTE_READ_WORKERS = 8
 
 
 class StorePatchSource:
@@ -35,6 +47,14 @@ class StorePatchSource:
         storage_options: fsspec options for remote stores.
         lookahead: prefetched requests kept in flight.
         record_reads: keep (image, shape) of every read in ``self.reads`` (tests, audits).
+        cache_dir: a local directory that keeps the shards of remote stores (may be shared by
+            processes); None: no cache.
+        cache_size: the cache's size limit (``"20GB"``, ``"512MiB"`` or bytes).
+        stream: how remote stores are read (backend, requests in flight, retries).
+        read_workers: prefetch threads (default 1 for local stores, 8 for remote ones).
+
+    Raises:
+        ConfigError: ``cache_size`` is not a size, or ``cache_dir`` cannot be created.
     """
 
     def __init__(
@@ -46,6 +66,11 @@ class StorePatchSource:
         storage_options: StorageOptions | None = None,
         lookahead: int = 8,
         record_reads: bool = False,
+        *,
+        cache_dir: str | None = None,
+        cache_size: str | int | None = None,
+        stream: StreamOptions | None = None,
+        read_workers: int | None = None,
     ) -> None:
         self.urls = list(stores)
         self.levels = [int(level)] * len(self.urls) if isinstance(level, int) else list(level)
@@ -57,7 +82,16 @@ class StorePatchSource:
         self._stores: dict[int, SlideStore] = {}
         self._grids: dict[int, PatchGrid] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self.cache_dir = cache_dir
+        self.cache_size = parse_size(cache_size or DEFAULT_CACHE_SIZE)
+        self.stream = stream
+        self.io_stats = IOStats()
+        self._cache: ShardCache | None = None
+        if cache_dir is not None:
+            self._cache = shard_cache(cache_dir, self.cache_size)
+        remote = any(is_remote(u) for u in self.urls)
+        self.read_workers = read_workers or (REMOTE_READ_WORKERS if remote else 1)
+        self._pool = self._new_pool()
         self._pending: OrderedDict[tuple[int, bytes], Future[np.ndarray]] = OrderedDict()
         self._queue: list[tuple[int, np.ndarray]] = []
         self.lookahead = lookahead
@@ -69,8 +103,28 @@ class StorePatchSource:
     def store(self, image: int) -> SlideStore:
         with self._lock:
             if image not in self._stores:
-                self._stores[image] = SlideStore(self.urls[image], self.storage_options)
+                self._stores[image] = SlideStore(
+                    self.urls[image],
+                    self.storage_options,
+                    stream=self.stream,
+                    cache=self._cache,
+                    stats=self.io_stats,
+                )
             return self._stores[image]
+
+    def take_io_stats(self) -> dict[str, int | float]:
+        """What the reads cost since the last call, then the counters start again from zero.
+
+        Returns:
+            ``patches_read``, ``cache_hits`` / ``cache_misses`` (remote patches served from /
+            not found in the shard cache), ``requests`` and ``bytes_fetched`` (to the object
+            store, retries included), ``retries``, ``cache_bytes_written``,
+            ``cache_evictions``, and ``fetch_wait_s`` (seconds readers waited for the store).
+        """
+        return self.io_stats.take()
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.read_workers, thread_name_prefix="prefetch")
 
     @property
     def patch_size(self) -> int:
@@ -151,9 +205,14 @@ class StorePatchSource:
         d["_lock"] = None
         d["_pending"] = OrderedDict()
         d["_stores"] = {}
+        d["_cache"] = None
+        d["io_stats"] = None
         return d
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         self.__dict__.update(d)
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self.io_stats = IOStats()
+        if self.cache_dir is not None:
+            self._cache = shard_cache(self.cache_dir, self.cache_size)
+        self._pool = self._new_pool()

@@ -26,11 +26,12 @@ from wsi_patchgd.engine.step import (
     check_labels,
     evaluating,
     maybe_autocast,
+    no_sync_unless,
     optimizer_step,
     unwrap,
 )
 from wsi_patchgd.errors import ConfigError
-from wsi_patchgd.models.norm import phase_mode, refresh_statistics
+from wsi_patchgd.models.norm import average_running_statistics, phase_mode, refresh_statistics
 
 __all__ = ["GDStepResult", "gd_predict", "gd_train_batch", "load_image"]
 
@@ -125,17 +126,21 @@ def gd_train_batch(
         for s in group:
             ids = images[s : s + size]
             x = net.prepare([load_image(source, i) for i in ids])
-            with (
-                maybe_autocast(net.device, autocast_dtype),
-                phase_mode(net.features, net.norm, True),
-            ):
-                if net.norm == "frozen" and x.shape[0] >= 2:
-                    refresh_statistics(net.features, x)
-                logits = model(x)
-            if autocast_dtype is not None:
-                logits = logits.float()
-            loss = loss_fn(logits, labels[s : s + size])
-            (loss * (len(ids) / group_images)).backward()
+            # under DDP, gradients are all-reduced only on the backward before a step
+            with no_sync_unless(model, s == group[-1]):
+                with (
+                    maybe_autocast(net.device, autocast_dtype),
+                    phase_mode(net.features, net.norm, True),
+                ):
+                    if net.norm == "frozen":
+                        if x.shape[0] >= 2:
+                            refresh_statistics(net.features, x)
+                        average_running_statistics(net.features)  # over a DDP job's processes
+                    logits = model(x)
+                if autocast_dtype is not None:
+                    logits = logits.float()
+                loss = loss_fn(logits, labels[s : s + size])
+                (loss * (len(ids) / group_images)).backward()
             result["grad_forward_calls"] += 1
             result["losses"].append(float(loss.detach()))
             all_logits.append(logits.detach().cpu())

@@ -38,11 +38,12 @@ from wsi_patchgd.engine.step import (
     check_labels,
     evaluating,
     maybe_autocast,
+    no_sync_unless,
     optimizer_step,
     unwrap,
 )
 from wsi_patchgd.errors import ConfigError
-from wsi_patchgd.models.norm import phase_mode, refresh_statistics
+from wsi_patchgd.models.norm import average_running_statistics, phase_mode, refresh_statistics
 from wsi_patchgd.sampling import Sampler
 
 __all__ = ["PatchGDSettings", "StepResult", "predict", "train_batch"]
@@ -88,7 +89,7 @@ def train_batch(
     k: int,
     zeta: int,
     epsilon: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator | Sequence[np.random.Generator],
     loss_fn: LossFn,
     fill_batch_size: int,
     autocast_dtype: torch.dtype | None = None,
@@ -120,7 +121,9 @@ def train_batch(
         k: Patches per image per inner iteration.
         zeta: Inner iterations.
         epsilon: Gradient-accumulation steps; each loss is divided by it.
-        rng: Sampler randomness (checkpoint ``rng.bit_generator.state`` to resume).
+        rng: Sampler randomness: one generator for the batch, or one per image (what the
+            trainer gives, keyed by seed, epoch and slide, so that the draws do not depend on
+            which process or batch an image is in).
         loss_fn: ``loss_fn(logits, labels) -> scalar``.
         fill_batch_size: Patches per backbone call while filling Z.
         autocast_dtype: Optional autocast dtype (e.g. ``torch.bfloat16``).
@@ -144,13 +147,17 @@ def train_batch(
     labels = labels.to(net.device)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
-    plans = [sampler.plan(source.grid(i), k, zeta, rng) for i in images]
+    rngs = [rng] * len(images) if isinstance(rng, np.random.Generator) else list(rng)
+    if len(rngs) != len(images):
+        raise ConfigError(f"got {len(rngs)} random generators for {len(images)} images")
+    plans = [sampler.plan(source.grid(i), k, zeta, r) for i, r in zip(images, rngs, strict=True)]
     if net.norm == "frozen" and refresh_norm:
         first = [(images[b], plans[b][0]) for b in range(len(images)) if plans[b][0].size]
         if sum(idx.size for _, idx in first) >= 2:
             x = read_patches(source, first)
             with maybe_autocast(net.device, autocast_dtype):
                 refresh_statistics(net.backbone, net.normalize(x))
+        average_running_statistics(net.backbone)  # over the processes of a DDP job
     latent = fill_latent(net, source, images, fill_batch_size, False, autocast_dtype)
     announce(
         source,
@@ -178,16 +185,19 @@ def train_batch(
                 result["grad_forward_calls"] += 1
                 result["grad_patches"] += patches.shape[0]
             z = z.detach()  # the fresh features of earlier iterations stay, without gradient
-            with maybe_autocast(net.device, autocast_dtype):
-                logits = model(z, latent.valid, patches, cells, latent.background)
-            if autocast_dtype is not None:
-                logits = logits.float()
-            loss = loss_fn(logits, labels)
-            (loss / epsilon).backward()
+            steps = (j + 1) % epsilon == 0 or j == zeta - 1
+            # under DDP, gradients are all-reduced only on the backward before a step
+            with no_sync_unless(model, steps):
+                with maybe_autocast(net.device, autocast_dtype):
+                    logits = model(z, latent.valid, patches, cells, latent.background)
+                if autocast_dtype is not None:
+                    logits = logits.float()
+                loss = loss_fn(logits, labels)
+                (loss / epsilon).backward()
             result["losses"].append(float(loss.detach()))
             result["logits"].append(logits.detach().cpu())
             result["sampled"].append([plans[b][j] for b in range(len(images))])
-            if optimizer is not None and ((j + 1) % epsilon == 0 or j == zeta - 1):
+            if optimizer is not None and steps:
                 optimizer_step(optimizer, scheduler, result["lrs"])
                 result["optimizer_steps"] += 1
     result["loss"] = float(np.mean(result["losses"]))

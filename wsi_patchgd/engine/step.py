@@ -7,7 +7,7 @@ model inside a DDP wrapper, eval mode for inference, and autocast.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TypeVar
 
 import torch
@@ -20,6 +20,7 @@ __all__ = [
     "check_labels",
     "evaluating",
     "maybe_autocast",
+    "no_sync_unless",
     "optimizer_step",
     "unwrap",
 ]
@@ -38,6 +39,13 @@ def unwrap(model: nn.Module, cls: type[M]) -> M:
     if not isinstance(inner, cls):
         raise TypeError(f"expected a {cls.__name__}, got {type(inner).__name__}")
     return inner
+
+
+def no_sync_unless(model: nn.Module, sync: bool) -> AbstractContextManager[object]:
+    """``model.no_sync()`` (DDP: no gradient all-reduce on this backward) unless ``sync``;
+    a no-op context for a plain module or when ``sync`` is True."""
+    no_sync = getattr(model, "no_sync", None)
+    return nullcontext() if sync or no_sync is None else no_sync()
 
 
 def maybe_autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:

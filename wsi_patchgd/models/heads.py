@@ -32,6 +32,32 @@ def _check_input(z: Tensor, mask: Tensor | None) -> None:
         )
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_moments(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean and biased variance per channel over the valid cells of every process, and the
+    cell count (differentiable: the all-reduce passes gradients back to every process)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    c = x.shape[1]
+    local = torch.cat(
+        [
+            valid.sum().reshape(1),
+            (x * valid).sum(dim=(0, 2, 3)),
+            (x.square() * valid).sum(dim=(0, 2, 3)),
+        ]
+    )
+    total = all_reduce(local)
+    count = total[0]
+    mean = total[1 : 1 + c] / count
+    var = (total[1 + c :] / count - mean.square()).clamp(min=0)
+    return mean, var, count
+
+
 class MaskedBatchNorm2d(nn.BatchNorm2d):
     """``BatchNorm2d`` whose training statistics count only the valid (unpadded) cells.
 
@@ -39,17 +65,32 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
     the batch mean and (biased) variance are taken over the valid cells only, and the running
     statistics are updated from them (unbiased variance), as ``nn.BatchNorm2d`` would on the
     valid cells alone. State-dict keys are those of ``nn.BatchNorm2d``.
+
+    In a ``torch.distributed`` job (torchrun) the training statistics are those of the global
+    batch: the cell counts, sums and sums of squares of every process are all-reduced (with
+    their gradient, as ``SyncBatchNorm`` does, on CPU too). Every process calls the head once per
+    inner iteration, so the collectives line up.
     """
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """Normalise ``x (B, C, H, W)``; ``mask (B, H, W)`` marks the cells that count."""
-        if mask is None or not self.training:
+        if not self.training:
             return super().forward(x)
-        valid = mask[:, None].to(x.dtype)
-        count = valid.sum()
-        mean = (x * valid).sum(dim=(0, 2, 3)) / count
+        synced = _world_size() > 1
+        if mask is None and not synced:
+            return super().forward(x)
+        valid = (
+            mask[:, None].to(x.dtype)
+            if mask is not None
+            else x.new_ones(x.shape[0], 1, *x.shape[2:])
+        )
+        if synced:
+            mean, var, count = _global_moments(x, valid)
+        else:
+            count = valid.sum()
+            mean = (x * valid).sum(dim=(0, 2, 3)) / count
+            var = ((x - mean[None, :, None, None]).square() * valid).sum(dim=(0, 2, 3)) / count
         centred = x - mean[None, :, None, None]
-        var = (centred.square() * valid).sum(dim=(0, 2, 3)) / count
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 assert self.num_batches_tracked is not None and self.running_var is not None

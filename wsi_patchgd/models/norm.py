@@ -173,6 +173,41 @@ def refresh_statistics(module: nn.Module, x: Tensor, warmup: int = 10) -> bool:
     return True
 
 
+def average_running_statistics(module: nn.Module) -> bool:
+    """Average the BatchNorm running statistics of ``module`` over the processes of a
+    ``torch.distributed`` job (all ranks must call it); no-op in a single process.
+
+    Under the ``frozen`` policy each process refreshes the statistics from its own slides; the
+    average makes every process fill Z with the same statistics (the mean over processes of each
+    layer's running mean and variance).
+
+    Returns:
+        True when statistics were averaged.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return False
+    stats = [
+        t
+        for m in norm_layers(module)
+        if m.track_running_stats
+        for t in (m.running_mean, m.running_var)
+        if t is not None
+    ]
+    if not stats:
+        return False
+    flat = torch.cat([t.detach().reshape(-1).float() for t in stats])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in stats:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+    return True
+
+
 def set_momentum(module: nn.Module, momentum: float) -> int:
     """Set the running-statistics momentum of every BatchNorm in ``module``; return how many.
 

@@ -8,6 +8,8 @@ reads and :meth:`SlideStore.to_dask` are (3, height, width), the store's own lay
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import math
 import threading
 from collections.abc import Sequence
@@ -19,9 +21,12 @@ from zarr.core.sync import sync
 
 from ..errors import StoreError, StoreIncompleteError
 from ..io import StorageOptions, zarr_store
+from .cache import ShardCache
 from .chunk_reader import ChunkReader, supports
 from .format import ATTR_KEY, FILL_VALUE, FORMAT_VERSION, OLD_SUFFIX, REBUILD_SUFFIX
+from .iostats import IOStats
 from .meta import StoreMeta
+from .remote import StreamOptions
 from .verify import verify_store
 
 if TYPE_CHECKING:
@@ -66,6 +71,11 @@ class SlideStore:
         url: local path or URL of the store (``s3://bucket/slide.zarr`` ...).
         storage_options: fsspec options for remote URLs.
         require_complete: refuse stores not marked complete (the default).
+        stream: how patches of a remote store are read (backend, requests in flight, retries;
+            see :class:`~wsi_patchgd.store.remote.StreamOptions`).
+        cache: an on-disk cache of a remote store's shards (see
+            :func:`~wsi_patchgd.store.cache.shard_cache`); None: no cache.
+        stats: counters of what patch reads cost (cache hits, requests, bytes).
 
     While ``convert --overwrite`` switches a new store in, the store at ``url`` can be absent
     or marked incomplete for a moment (or until a killed job is rerun); the complete store
@@ -83,6 +93,9 @@ class SlideStore:
         storage_options: StorageOptions | None = None,
         *,
         require_complete: bool = True,
+        stream: StreamOptions | None = None,
+        cache: ShardCache | None = None,
+        stats: IOStats | None = None,
     ) -> None:
         self.url = str(url)
         self.location = self.url
@@ -126,6 +139,9 @@ class SlideStore:
         self._storage_options = storage_options
         self._chunk_readers: dict[int, ChunkReader | None] = {}
         self._cr_lock = threading.Lock()
+        self._stream = stream
+        self._cache = cache
+        self.stats = stats
 
     def verify(self, deep: bool = True) -> list[str]:
         """What this store lacks to be complete (see :func:`verify_store`); [] when nothing."""
@@ -298,8 +314,12 @@ class SlideStore:
         """Patches of the level's grid by (row, col): (m, 3, P, P) uint8, read concurrently.
 
         When the patch size is the store's chunk size (the usual case) each patch is one chunk,
-        read by :class:`~wsi_patchgd.store.chunk_reader.ChunkReader` (one byte-range read and
-        one decode per patch, thread-parallel); otherwise through zarr.
+        read by :class:`~wsi_patchgd.store.chunk_reader.ChunkReader` (locally one ``pread`` and
+        one decode per patch, thread-parallel; remotely the chunks of a shard in about one
+        request, all shards at once, or from the shard cache); otherwise through zarr.
+
+        Raises:
+            StorageAccessError: remote storage refused a request, or kept failing.
         """
         p = patch_size or self.patch_size
         reader = self.chunk_reader(level) if p == self.patch_size else None
@@ -319,11 +339,25 @@ class SlideStore:
             if level not in self._chunk_readers:
                 meta = self.array(level).metadata.to_dict()
                 self._chunk_readers[level] = (
-                    ChunkReader(f"{self.location.rstrip('/')}/{level}", meta, self._storage_options)
+                    ChunkReader(
+                        f"{self.location.rstrip('/')}/{level}",
+                        meta,
+                        self._storage_options,
+                        stream=self._stream,
+                        cache=self._cache,
+                        stats=self.stats,
+                        token=self.content_token(),
+                    )
                     if supports(meta)
                     else None
                 )
             return self._chunk_readers[level]
+
+    def content_token(self) -> str:
+        """A hash of where the store is and what its attributes say (its settings, source
+        identity and levels): two stores with the same token hold the same pixels."""
+        doc = json.dumps([self.location, self.attrs], sort_keys=True, default=str)
+        return hashlib.sha256(doc.encode()).hexdigest()[:24]
 
     # -- tissue ----------------------------------------------------------------------------
     def tissue_mask(self) -> np.ndarray:

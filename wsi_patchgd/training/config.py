@@ -30,6 +30,13 @@ class DataConfig:
     train_folds: list[int] = field(default_factory=lambda: [0])
     val_folds: list[int] = field(default_factory=lambda: [1])
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: local directory that keeps the shards of remote (s3://, gs://) stores, so that epoch 2
+    #: onward reads at local speed; may be shared by processes; None: no cache
+    cache_dir: str | None = None
+    cache_size: str = "20GB"  #: the shard cache's size limit (least recently used go first)
+    #: how remote stores' patches are fetched: auto (= fsspec) | fsspec | obstore (pip install
+    #: obstore: less CPU per request; credentials from the environment, not ~/.aws profiles)
+    remote_backend: str = "auto"
 
 
 @dataclass
@@ -132,6 +139,7 @@ class RunConfig:
 _CHOICES = {
     "model.head": ("pooled", "paper"),
     "model.background": ("zero", "learned"),
+    "data.remote_backend": ("auto", "fsspec", "obstore"),
     "patchgd.method": ("patchgd", "gd"),
     "patchgd.sampler": ("permutation", "all", "tissue_weighted"),
     "patchgd.norm": ("batch", "frozen", "group"),
@@ -270,6 +278,7 @@ def _validate(cfg: RunConfig) -> None:
         )
     if cfg.data.level < 0:
         raise ConfigError("config key 'data.level' must be >= 0")
+    parse_bytes(cfg.data.cache_size, "config key 'data.cache_size'")
     if not cfg.data.manifest:
         raise ConfigError(
             "config key 'data.manifest' is required (a CSV: slide_id,store,label,fold)"

@@ -12,14 +12,21 @@ from torch import nn
 
 from ..engine.fill import fill_latent
 from ..plots import plot_heatmap
+from .distributed import Dist
 from .metrics import accuracy, confusion, qwk
 from .setup import Setup
 
 
 def evaluate_ids(
-    setup: Setup, ids: Sequence[int], model: nn.Module | None = None
+    setup: Setup,
+    ids: Sequence[int],
+    model: nn.Module | None = None,
+    dist: Dist | None = None,
 ) -> dict[str, Any]:
     """Loss, accuracy, QWK, confusion matrix and per-slide predictions on the given images.
+
+    Under torchrun (``dist``) every process predicts its share of ``ids`` and the logits are
+    gathered, so every process returns the same result.
 
     Returns:
         ``{}`` when ``ids`` is empty, else ``loss``, ``accuracy``, ``qwk``, ``confusion`` and
@@ -29,14 +36,18 @@ def evaluate_ids(
     cfg = setup.cfg
     if not ids:
         return {}
+    d = dist or Dist()
     bs = cfg.schedule.batch_size
     autocast = torch.bfloat16 if cfg.precision == "bf16" else None
-    logits = torch.cat(
-        [
-            setup.method.predict(setup, model, list(ids[i : i + bs]), autocast).float().cpu()
-            for i in range(0, len(ids), bs)
-        ]
-    )
+    mine = d.share(ids)
+    parts = [
+        setup.method.predict(setup, model, mine[i : i + bs], autocast).float().cpu()
+        for i in range(0, len(mine), bs)
+    ]
+    local = torch.cat(parts) if parts else torch.zeros(0, cfg.model.num_classes)
+    logits = torch.zeros(len(ids), cfg.model.num_classes)
+    for rank, part in enumerate(d.gather(local)):  # rank r predicted ids[r::world]
+        logits[rank :: d.world] = part
     y = torch.tensor([setup.rows[i].label for i in ids])
     pred = logits.argmax(1)
     n_cls = cfg.model.num_classes

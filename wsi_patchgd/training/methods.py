@@ -25,6 +25,7 @@ from ..engine.model import build_gd_model, build_patchgd_model
 from ..engine.patchgd import predict, train_batch
 from ..errors import ConfigError
 from ..sampling import build_sampler
+from ..store.remote import StreamOptions
 from ..store.slide_store import SlideStore
 from .config import RunConfig
 from .memory import gd_step_bytes, plan_gd_image_size, plan_memory
@@ -58,16 +59,18 @@ class TrainingMethod(abc.ABC):
     def train_batch(
         self,
         setup: Setup,
+        model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         source: Any,
         batch: list[int],
         labels: torch.Tensor,
-        rng: np.random.Generator,
+        rng: np.random.Generator | Sequence[np.random.Generator],
         loss_fn: LossFn,
         autocast: torch.dtype | None,
     ) -> Mapping[str, Any]:
-        """One batch: ``loss``, ``logits`` (one tensor per inner iteration), ``lrs``."""
+        """One batch of ``model`` (``setup.model``, or it in a DDP wrapper): ``loss``, ``logits``
+        (one tensor per inner iteration), ``lrs``. ``rng``: one generator per image."""
 
     @abc.abstractmethod
     def predict(
@@ -112,7 +115,14 @@ class PatchGD(TrainingMethod):
         so = cfg.data.storage_options or None
         urls = [r.store for r in rows]
         source = StorePatchSource(
-            urls, cfg.data.level, cfg.data.patch_size, cfg.data.tissue_threshold, so
+            urls,
+            cfg.data.level,
+            cfg.data.patch_size,
+            cfg.data.tissue_threshold,
+            so,
+            cache_dir=cfg.data.cache_dir,
+            cache_size=cfg.data.cache_size,
+            stream=StreamOptions(backend=cfg.data.remote_backend),
         )
         grids = [source.grid(i) for i in range(len(urls))]
         grid = None
@@ -184,17 +194,18 @@ class PatchGD(TrainingMethod):
     def train_batch(
         self,
         setup: Setup,
+        model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         source: Any,
         batch: list[int],
         labels: torch.Tensor,
-        rng: np.random.Generator,
+        rng: np.random.Generator | Sequence[np.random.Generator],
         loss_fn: LossFn,
         autocast: torch.dtype | None,
     ) -> Mapping[str, Any]:
         return train_batch(
-            setup.model,
+            model,
             optimizer,
             source,
             batch,
@@ -251,7 +262,16 @@ class GD(TrainingMethod):
             p = replace(p, gd_image_size=gd_side_for_budget(cfg, urls, so, log))
             cfg = replace(cfg, patchgd=p)
         levels = gd_levels(urls, p.gd_image_size, so)
-        source = StorePatchSource(urls, levels, cfg.data.patch_size, 0.0, so)
+        source = StorePatchSource(
+            urls,
+            levels,
+            cfg.data.patch_size,
+            0.0,
+            so,
+            cache_dir=cfg.data.cache_dir,
+            cache_size=cfg.data.cache_size,
+            stream=StreamOptions(backend=cfg.data.remote_backend),
+        )
         model = build_gd_model(
             m.backbone,
             m.num_classes,
@@ -278,17 +298,18 @@ class GD(TrainingMethod):
     def train_batch(
         self,
         setup: Setup,
+        model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         source: Any,
         batch: list[int],
         labels: torch.Tensor,
-        rng: np.random.Generator,
+        rng: np.random.Generator | Sequence[np.random.Generator],
         loss_fn: LossFn,
         autocast: torch.dtype | None,
     ) -> Mapping[str, Any]:
         return gd_train_batch(
-            setup.model,
+            model,
             optimizer,
             source,
             batch,

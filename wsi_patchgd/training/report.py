@@ -10,6 +10,7 @@ from ..errors import TrainingDivergedError
 from ..plots import file_stem, read_metrics
 from .checkpoint import load_checkpoint
 from .config import RunConfig
+from .distributed import Dist
 from .evaluate import evaluate_ids, write_heatmap
 from .setup import Log, Setup
 
@@ -43,8 +44,14 @@ def diverged(
     )
 
 
-def finish(setup: Setup, out: Path, metrics_path: Path, seconds: float, log: Log) -> dict:
-    """Evaluate the best checkpoint, draw its heat maps, write the summary; returns it."""
+def finish(
+    setup: Setup, out: Path, metrics_path: Path, seconds: float, log: Log, dist: Dist | None = None
+) -> dict:
+    """Evaluate the best checkpoint, draw its heat maps, write the summary; returns it.
+
+    Under torchrun every process evaluates its share; rank 0 alone draws and writes.
+    """
+    d = dist or Dist()
     cfg = setup.cfg
     records = read_metrics(metrics_path)
     best_path = out / "checkpoints" / "best.pt"
@@ -53,8 +60,8 @@ def finish(setup: Setup, out: Path, metrics_path: Path, seconds: float, log: Log
     if best_state is not None and setup.val_ids:
         model = setup.model
         model.load_state_dict(best_state["model"])
-        val = evaluate_ids(setup, setup.val_ids, model)
-        if setup.method.has_heatmaps and cfg.output.heatmaps:
+        val = evaluate_ids(setup, setup.val_ids, model, d)
+        if d.main and setup.method.has_heatmaps and cfg.output.heatmaps:
             for i in setup.val_ids[: cfg.output.heatmaps]:
                 png = out / "plots" / f"heatmap-{file_stem(setup.rows[i].slide_id)}.png"
                 plot_or_warn(log, png, lambda i=i, png=png: write_heatmap(setup, i, png, model))
@@ -74,6 +81,8 @@ def finish(setup: Setup, out: Path, metrics_path: Path, seconds: float, log: Log
         "memory_plan": setup.memory.describe() if setup.memory else None,
         "predictions": val.get("predictions", []),
     }
+    if not d.main:
+        return summary
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     lines = [
         f"# {out.name}: {setup.method.name} / {cfg.model.backbone}",
