@@ -41,6 +41,8 @@ def test_run_directory(trained: Path) -> None:
             "val_qwk",
         ):
             assert r[key] is not None and r[key] == r[key], key
+        # the epoch's training reads: local stores make no object-store requests
+        assert r["io_patches_read"] > 0 and r["io_requests"] == 0 == r["io_bytes_fetched"]
     st = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "rng"} <= st.keys()
     assert st["epoch"] == 2 and {"torch", "torch_ranks"} <= st["rng"].keys()
@@ -213,3 +215,5 @@ def test_one_epoch_from_s3_stores(
     s = train(cfg, quiet=True)
     assert s["epochs"] == 1 and s["val_accuracy"] is not None
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["io_patches_read"] > 0 and rec["io_requests"] > 0 and rec["io_bytes_fetched"] > 0

@@ -172,6 +172,9 @@ def _epoch(
 
     cfg = setup.cfg
     t0 = time.perf_counter()
+    reset = getattr(setup.source, "take_io_stats", None)
+    if reset is not None:
+        reset()  # count this epoch's training reads only (not the last validation's)
     seed, bs = cfg.seed, cfg.schedule.batch_size
     augment = augmenter(cfg)
     autocast = torch.bfloat16 if cfg.precision == "bf16" else None
