@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import WsiPatchGDError
-from .s3 import free_port, wait_for_port
+from .s3 import free_port, stop, wait_for_port
 
 
 def fake_gcs_server_binary() -> Path:
@@ -77,9 +77,4 @@ def gcs_emulator(bucket: str = "test-bucket") -> Iterator[dict[str, str]]:
             pass
         yield {"endpoint_url": url, "token": "anon", "project": "test"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .s3 import free_port, wait_for_port
+from .s3 import free_port, stop, wait_for_port
 
 #: the control endpoints live under this path (never forwarded)
 CONTROL = "/_fault/"
@@ -226,12 +226,7 @@ def fault_proxy(upstream: str, **faults: Any) -> Iterator[FaultProxy]:
         wait_for_port(port, proc)
         yield FaultProxy(f"http://127.0.0.1:{port}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - subprocess

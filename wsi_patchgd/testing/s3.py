@@ -48,6 +48,16 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: floa
             time.sleep(0.2)
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server subprocess; kill it if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def moto_server(log: bool = False) -> Iterator[dict[str, str]]:
     """Start ``moto_server`` on a free port of 127.0.0.1; yield fsspec storage options for it.
@@ -83,11 +93,6 @@ def moto_server(log: bool = False) -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         if log:
             print(f"moto_server (pid {proc.pid}) stopped", file=sys.stderr)
