@@ -13,6 +13,7 @@ so that images of different grid sizes can share a batch padded to a common grid
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from wsi_patchgd.errors import ConfigError
@@ -33,8 +34,6 @@ def _check_input(z: Tensor, mask: Tensor | None) -> None:
 
 
 def _world_size() -> int:
-    import torch.distributed as dist
-
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from wsi_patchgd.errors import ConfigError
@@ -184,8 +185,6 @@ def average_running_statistics(module: nn.Module) -> bool:
     Returns:
         True when statistics were averaged.
     """
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return False
     stats = [

@@ -91,14 +91,6 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast(self, obj: T) -> T:
-        """Rank 0's ``obj`` on every process."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -23,6 +23,7 @@ from ..data.manifest import ManifestRow
 from ..engine.gd import gd_predict, gd_train_batch
 from ..engine.model import build_gd_model, build_patchgd_model
 from ..engine.patchgd import predict, train_batch
+from ..engine.step import LossFn
 from ..errors import ConfigError
 from ..sampling import build_sampler
 from ..store.remote import StreamOptions
@@ -31,8 +32,6 @@ from .config import RunConfig
 from .memory import gd_step_bytes, plan_gd_image_size, plan_memory
 from .schedule import steps_per_epoch
 from .setup import Log, Setup
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class TrainingMethod(abc.ABC):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -106,8 +106,3 @@ def describe(setup: Setup) -> str:
         f"{setup.method.name}: {len(setup.train_ids)} train / {len(setup.val_ids)} val slides, "
         + setup.method.describe(setup)
     )
-
-
-def state_extra(setup: Setup) -> dict[str, Any]:
-    """The settings in effect a checkpoint records beside the config (k, zeta, epsilon)."""
-    return {"k": setup.k, "zeta": setup.zeta, "epsilon": setup.epsilon}

@@ -172,9 +172,7 @@ def _epoch(
 
     cfg = setup.cfg
     t0 = time.perf_counter()
-    reset = getattr(setup.source, "take_io_stats", None)
-    if reset is not None:
-        reset()  # count this epoch's training reads only (not the last validation's)
+    setup.source.take_io_stats()  # count this epoch's training reads only (not validation's)
     seed, bs = cfg.seed, cfg.schedule.batch_size
     augment = augmenter(cfg)
     autocast = torch.bfloat16 if cfg.precision == "bf16" else None
@@ -256,10 +254,7 @@ def _epoch(
 def _io_stats(setup: Setup, d: Dist) -> dict[str, float]:
     """What the epoch's patch reads cost, summed over the processes (``io_*`` in metrics):
     patches read, shard-cache hits and misses, requests and bytes fetched from object storage."""
-    take = getattr(setup.source, "take_io_stats", None)
-    if take is None:
-        return {}
-    stats = take()
+    stats = setup.source.take_io_stats()
     keys = sorted(stats)
     sums = d.all_sum([float(stats[k]) for k in keys])
     return {
