@@ -48,7 +48,13 @@ from benchmarks._common import (  # noqa: E402
 )
 from benchmarks.convert.measure import bench_size  # noqa: E402
 from benchmarks.convert.report import report, summarise  # noqa: E402
-from benchmarks.convert.settings import NAME, OURS, TARGET_RSS_MB, TARGET_SPEEDUP  # noqa: E402
+from benchmarks.convert.settings import (  # noqa: E402
+    NAME,
+    OURS,
+    TARGET_RSS_MB,
+    TARGET_SPEEDUP,
+    TARGETS,
+)
 from benchmarks.convert.workers import worker_main  # noqa: E402
 
 
@@ -65,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the naive baseline above this side (default: run at every size)",
     )
     ap.add_argument("--keep-stores", action="store_true", help="do not delete the stores")
+    ap.add_argument(
+        "--no-floor", action="store_true", help="skip the machine-floor passes (floor.py)"
+    )
     # worker mode (internal)
     ap.add_argument("--worker", choices=(*OURS, "naive"), help=argparse.SUPPRESS)
     ap.add_argument("--source", help=argparse.SUPPRESS)
@@ -109,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
                 },
                 "targets": {
                     "speedup_level0_min": TARGET_SPEEDUP,
+                    "speedup_level0_min_where_stricter": {
+                        f"{impl}@{size}": t for (impl, size), t in TARGETS.items()
+                    },
                     "ours_peak_rss_mb_max": TARGET_RSS_MB,
                 },
                 "ours": "wsi_patchgd.store.convert_many(ConvertOptions(), workers=threads)",

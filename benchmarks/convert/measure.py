@@ -30,6 +30,7 @@ from benchmarks.convert.checks import (
     probe_naive_rate,
     source_pixels,
 )
+from benchmarks.convert.floor import machine_floor
 from benchmarks.convert.settings import N_CHECK, OURS
 
 #: the entry point the conversion workers run (``--worker``)
@@ -95,6 +96,9 @@ def bench_size(
         log(f"{size}^2: {impl}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB; checking")
         diff, tissue = check_patches(source, w, ours_reader(r["store"]), seed=size)
         rows.append(_row(base, impl, r, diff, tissue, dir_size_mb(r["store"])))
+        if codec != "jpeg" and not args.no_floor:
+            log(f"{size}^2: machine floor: decode, encode, write {rows[-1]['store_mb']:,.0f} MB")
+            rows[-1]["floor"] = machine_floor(source, workdir, args.threads, rows[-1]["store_mb"])
         log(
             f"{size}^2: {impl}: max |diff| vs OpenSlide over {N_CHECK} patches = {diff:g} "
             f"({tissue} with tissue); store {rows[-1]['store_mb']:,.0f} MB"

@@ -246,3 +246,34 @@ def test_registered_readers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         register_reader("tifffile", fake)
     with open_slide(png) as r:  # files still go to the built-in readers
         assert r.name == "pillow" and len(opened) == 3
+
+
+@pytest.mark.parametrize(
+    ("src", "reader"), [(CMU, "tifffile"), (CMU, "openslide"), (TCGA, "tifffile"), (KIDNEY, "auto")]
+)
+def test_read_region_chw_is_read_region_transposed(src: Path, reader: str) -> None:
+    """The channel-first read (tile by tile for tiled TIFF) gives exactly read_region's pixels,
+    inside the image, across tile edges and past the image's edge (white)."""
+    with open_slide(str(src), reader=reader) as r:
+        w, h = r.levels[0].width, r.levels[0].height
+        regions = [(0, 0, 0, 300, 200), (0, 250, 130, 517, 389), (0, w - 100, h - 50, 300, 200)]
+        regions += [(len(r.levels) - 1, 0, 0, r.levels[-1].width, r.levels[-1].height)]
+        for level, x, y, rw, rh in regions:
+            chw = r.read_region_chw(level, x, y, rw, rh)
+            assert chw.shape == (3, rh, rw) and chw.flags.c_contiguous and chw.dtype == np.uint8
+            ref = r.read_region(level, x, y, rw, rh).transpose(2, 0, 1)
+            np.testing.assert_array_equal(chw, ref, err_msg=str((level, x, y)))
+
+
+def test_read_region_chw_of_a_corrupt_tile_is_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad-tile.svs"
+    data = bytearray(CMU.read_bytes())
+    with tifffile.TiffFile(CMU) as t:
+        page = t.pages[0]
+        off = int(page.dataoffsets[5])
+        tw = int(page.tilewidth)
+    data[off : off + 16] = bytes(16)  # the tile's JPEG header gone
+    bad.write_bytes(bytes(data))
+    with open_slide(str(bad), reader="tifffile") as r:
+        with pytest.raises(SlideReadError, match="bad-tile.svs.*level 0"):
+            r.read_region_chw(0, 5 * tw, 0, tw, tw)

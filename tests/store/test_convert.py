@@ -296,3 +296,82 @@ def test_fast_patch_reads_equal_zarr_reads(name: str, stores: dict[str, Path]) -
             level, [(int(c) * p, int(r) * p) for r, c in zip(rows, cols, strict=True)], p, p
         )
         np.testing.assert_array_equal(fast, slow)
+
+
+def test_small_job_runs_on_threads_and_equals_the_dask_run(tmp_path: Path, data_dir: Path) -> None:
+    """A one-slide job needs no cluster (and does not import ``distributed``); its store is the
+    same, array for array, as the one a Dask cluster writes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from wsi_patchgd.store import convert_many, ConvertOptions\n"
+        f"r = convert_many([{str(CMU)!r}], {str(tmp_path / 'threads')!r}, "
+        "ConvertOptions(patch_size=256, shard_patches=4, min_level_size=256), quiet=True)\n"
+        "assert r[0].status == 'ok', r\n"
+        "print('distributed' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        res = convert_many([str(CMU)], str(tmp_path / "dask"), OPTS, quiet=True, client=client)
+    assert res[0].status == "ok"
+    a, b = (
+        _arrays(tmp_path / "threads" / CMU.with_suffix(".zarr").name),
+        _arrays(tmp_path / "dask" / CMU.with_suffix(".zarr").name),
+    )
+    assert a.keys() == b.keys() and len(a) > 3
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_early_tissue_mask_is_the_mask_of_the_written_level(stores: dict[str, Path]) -> None:
+    """The conversion detects tissue from the source's copy of the mask level while it writes
+    the levels: that mask must be the one detected on the level as stored."""
+    from wsi_patchgd.tissue import detect_tissue
+
+    for name in (CMU.name, TCGA.name):
+        store = SlideStore(str(stores[name]))
+        meta = json.loads((stores[name] / "zarr.json").read_text())["attributes"][ATTR_KEY]
+        level = np.asarray(store.array(meta["tissue"]["mask_level"])[:]).transpose(1, 2, 0)
+        np.testing.assert_array_equal(store.tissue_mask(), detect_tissue(level, OPTS.tissue))
+
+
+def test_default_codec_is_bitshuffled_lz4_and_old_stores_still_read(
+    stores: dict[str, Path], tmp_path: Path
+) -> None:
+    from wsi_patchgd.store.chunk_reader import ChunkReader
+
+    path = stores[KIDNEY.name]
+    meta = json.loads((path / "0" / "zarr.json").read_text())
+    inner = meta["codecs"][0]["configuration"]["codecs"]
+    assert inner[1]["name"] == "blosc"
+    assert (
+        inner[1]["configuration"] | {"cname": "lz4", "shuffle": "bitshuffle", "clevel": 9}
+        == (inner[1]["configuration"])
+    )
+    # a store written before (LZ4 without shuffle) reads the same through the chunk reader
+    ref = np.asarray(zarr.open_array(str(path / "0"), mode="r")[:])
+    old = zarr.create_array(
+        str(tmp_path / "old.zarr"),
+        shape=ref.shape,
+        chunks=(3, 256, 256),
+        shards=(3, 1024, 1024),
+        dtype="uint8",
+        compressors=[zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")],
+        fill_value=255,
+    )
+    old[:] = ref
+    cr = ChunkReader(str(tmp_path / "old.zarr"), old.metadata.to_dict())
+    got = cr.read_chunk((0, 1, 1))
+    np.testing.assert_array_equal(got, ref[:, 256:512, 256:512])

@@ -1,4 +1,4 @@
-"""``wsi-patchgd convert``: slides -> sharded OME-Zarr stores, on a Dask cluster."""
+"""``wsi-patchgd convert``: slides -> sharded OME-Zarr stores, on this machine or a Dask cluster."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from .options import (
     show_default=True,
 )
 @scheduler_option
-@click.option("--workers", type=int, default=None, help="Threads of the local cluster.")
+@click.option("--workers", type=int, default=None, help="Threads (default: all cores).")
 @dashboard_option
 @overwrite_option
 @click.option("--report", default=None, help="Write a JSON report of every slide here.")

@@ -108,7 +108,7 @@ def make_ultramnist_command(
 @click.option(
     "--level", type=int, default=None, help="Level training will read (kept stores have it)."
 )
-@click.option("--workers", type=int, default=None, help="Threads of the local Dask cluster.")
+@click.option("--workers", type=int, default=None, help="Threads (default: all cores).")
 @scheduler_option
 @overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="A line per image instead of a bar.")

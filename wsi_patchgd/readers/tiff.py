@@ -126,7 +126,22 @@ class TiffReader(SlideReader):
             return to_rgb_uint8(self._read_segments(page, x, y, width, height))
         return to_rgb_uint8(self._read_zarr(level, x, y, width, height))
 
-    def _read_segments(self, page: Any, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def _read_chw(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray | None:
+        page = self._pages[level]
+        if (
+            _Page(page).axes != "YXS"
+            or page.planarconfig not in (1, None, 0)
+            or int(page.samplesperpixel) != 3
+            or page.dtype != np.uint8
+        ):
+            return None
+        return self._read_segments(page, x, y, width, height, chw=True)
+
+    def _read_segments(
+        self, page: Any, x: int, y: int, w: int, h: int, chw: bool = False
+    ) -> np.ndarray:
+        """Decode the tiles (or strips) covering a region and assemble them: (h, w, samples),
+        or with ``chw`` (3, h, w), each tile transposed while it is in cache."""
         H, W = _Page(page).shape
         samples = int(page.samplesperpixel)
         if page.is_tiled:
@@ -138,7 +153,7 @@ class TiffReader(SlideReader):
         tx0, tx1 = x // tw, (x + w - 1) // tw
         idx = [ty * nx + tx for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
         datas = self._read_bytes(page, idx)
-        out = np.empty((h, w, samples), dtype=page.dtype)
+        out = np.empty((samples, h, w) if chw else (h, w, samples), dtype=page.dtype)
         decode = page.decode
         kw: dict[str, Any] = {"_fullsize": bool(page.is_tiled)}
         if page.jpegtables is not None:
@@ -156,9 +171,11 @@ class TiffReader(SlideReader):
             ay0, ax0 = max(sy, y), max(sx, x)
             ay1 = min(sy + seg.shape[0], y + h, H)
             ax1 = min(sx + seg.shape[1], x + w, W)
-            out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = seg[
-                ay0 - sy : ay1 - sy, ax0 - sx : ax1 - sx
-            ]
+            part = seg[ay0 - sy : ay1 - sy, ax0 - sx : ax1 - sx]
+            if chw:
+                out[:, ay0 - y : ay1 - y, ax0 - x : ax1 - x] = part.transpose(2, 0, 1)
+            else:
+                out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = part
         return out
 
     def _read_bytes(self, page: Any, idx: list[int]) -> list[bytes | None]:

@@ -5,8 +5,9 @@ progress marker; :mod:`~wsi_patchgd.store.tasks`), so no two tasks write the sam
 memory stays bounded by (threads x one shard) whatever the slide size. Levels are written
 coarser-after-finer (:mod:`~wsi_patchgd.store.plan`): each level comes from the source's own
 level where one exists at that 2x step, else by 2x2 mean of the level just written. Then the
-tissue mask and the per-patch tissue tables (:mod:`~wsi_patchgd.store.tissue_tables`), then
-the attributes with ``complete: true``, last.
+tissue mask (detected while the levels are written, from the source's own copy of the mask level
+where it has one) and the per-patch tissue tables (:mod:`~wsi_patchgd.store.tissue_tables`),
+then the attributes with ``complete: true``, last.
 
 Resuming (:mod:`~wsi_patchgd.store.lifecycle`): a store without ``complete`` is resumed (shards
 with a marker are skipped, leftover ``*.partial`` files deleted); a complete store is skipped.
@@ -29,6 +30,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,7 +54,7 @@ from .lock import StoreLock
 from .overwrite import recover, step, switch_in
 from .plan import ConvertOptions, LevelPlan, plan_levels, source_identity, with_passthrough
 from .tasks import ConvertJob, ShardRunner, ShardTask, run_shards_locally
-from .tissue_tables import write_tissue
+from .tissue_tables import write_tissue, write_tissue_early
 from .verify import verify_store
 
 #: The stages of a conversion, in order, as :attr:`SlideResult.timings` names them.
@@ -240,11 +242,16 @@ def convert_slide(
                 if on_progress:
                     on_progress(mp)
 
-            for tasks in per_level:  # a level needs the one below it finished
-                if tasks:
-                    run_shards(tasks, _done)
-            clock.lap("shards")
-            tissue = write_tissue(target, store_options, plans, options)
+            with ThreadPoolExecutor(1, "wsi-tissue") as side:
+                # tissue from the source's own pixels while the levels are written
+                early = side.submit(
+                    write_tissue_early, reader, target, store_options, plans, options
+                )
+                for tasks in per_level:  # a level needs the one below it finished
+                    if tasks:
+                        run_shards(tasks, _done)
+                clock.lap("shards")
+                tissue = early.result() or write_tissue(target, store_options, plans, options)
             clock.lap("tissue")
             meta = store_metadata(reader, plans, options, identity, complete=True, tissue=tissue)
             problems = verify_store(target, store_options, meta, deep=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from concurrent.futures import Executor, as_completed, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,10 +140,9 @@ def write_shard(job: ConvertJob, plan: LevelPlan, sy: int, sx: int) -> float:
         _mark_done(job, plan, sy, sx)
         return h * w / 1e6
     if kind == "source":
-        rgb = _reader(job.source, job.reader, job.source_options, job.token).read_region(
+        chw = _reader(job.source, job.reader, job.source_options, job.token).read_region_chw(
             int(src), x, y, w, h
         )
-        chw = rgb.transpose(2, 0, 1)  # a view: the writer copies chunk by chunk
     else:
         below = _read_level(job, int(src), 2 * x, 2 * y, 2 * w, 2 * h)
         chw = downsample2x(below)
@@ -180,3 +180,22 @@ def run_shards_locally(tasks: list[ShardTask], on_done: Callable[[float], None])
     """Write shards one after another in this thread (no Dask; for tests and tiny images)."""
     for t in tasks:
         on_done(write_shard(*t))
+
+
+def thread_shard_runner(pool: Executor) -> ShardRunner:
+    """Run one level's shard tasks on a thread pool of this process (no Dask: for jobs one
+    machine's threads finish sooner than a cluster starts). The first failure cancels the
+    tasks not yet started and is raised once the running ones have stopped."""
+
+    def run(tasks: list[ShardTask], on_done: Callable[[float], None]) -> None:
+        futures = [pool.submit(write_shard, *t) for t in tasks]
+        try:
+            for fut in as_completed(futures):
+                on_done(fut.result())
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise
+
+    return run

@@ -14,6 +14,7 @@ import numpy as np
 import zarr
 
 from ..io import StorageOptions, zarr_store
+from ..readers import SlideReader
 from ..tissue import detect_tissue, patch_tissue_fractions, summed_area_table
 from .lifecycle import remove_prefix
 from .plan import ConvertOptions, LevelPlan
@@ -47,17 +48,55 @@ def level_fractions(
     return patch_tissue_fractions(mask, scale, patch_size, grid, sat)
 
 
+def mask_plan(plans: list[LevelPlan], options: ConvertOptions) -> LevelPlan:
+    """The level the tissue mask is computed on: the finest whose longer side is <=
+    ``options.mask_max_size`` (else the coarsest)."""
+    return next(
+        (pl for pl in plans if max(pl.height, pl.width) <= options.mask_max_size), plans[-1]
+    )
+
+
+def early_mask(
+    reader: SlideReader, plans: list[LevelPlan], options: ConvertOptions
+) -> np.ndarray | None:
+    """The tissue mask computed from the source itself, when the mask level is a copy of one of
+    the source's levels (the same pixels the store will hold), so the conversion can detect
+    tissue while it writes the levels. None when the mask level is a downsample (it exists
+    only once written)."""
+    kind, src = mask_plan(plans, options).origin.split(":")
+    if kind != "source":
+        return None
+    lv = reader.levels[int(src)]
+    return detect_tissue(reader.read_region(int(src), 0, 0, lv.width, lv.height), options.tissue)
+
+
+def write_tissue_early(
+    reader: SlideReader,
+    url: str,
+    storage_options: StorageOptions | None,
+    plans: list[LevelPlan],
+    options: ConvertOptions,
+) -> dict[str, Any] | None:
+    """:func:`write_tissue` with the :func:`early_mask`, before the levels are written (the
+    tissue arrays are objects of their own: a conversion writes them while it writes the
+    levels). None, with nothing written, when there is no early mask."""
+    mask = early_mask(reader, plans, options)
+    return None if mask is None else write_tissue(url, storage_options, plans, options, mask)
+
+
 def write_tissue(
     url: str,
     storage_options: StorageOptions | None,
     plans: list[LevelPlan],
     options: ConvertOptions,
+    mask: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Detect tissue on a written level and store the mask and every level's patch table.
 
-    The mask is computed on the finest level whose longer side is <= ``options.mask_max_size``
-    (``tissue/mask``); ``tissue/fraction/<level>`` holds the fractions of each level's patches.
-    Whatever a killed run left under ``tissue`` is deleted first.
+    The mask is computed on the level :func:`mask_plan` names (``tissue/mask``), unless
+    ``mask`` (from :func:`early_mask`) is given; ``tissue/fraction/<level>`` holds the
+    fractions of each level's patches. Whatever a killed run left under ``tissue`` is deleted
+    first.
 
     Returns:
         The ``tissue`` entry of the store's attributes.
@@ -65,10 +104,10 @@ def write_tissue(
     remove_prefix(url, storage_options, "tissue")  # whatever a killed run left, torn or not
     store = zarr_store(url, storage_options)
     group = zarr.open_group(store, mode="r+")
-    lvl = next((pl for pl in plans if max(pl.height, pl.width) <= options.mask_max_size), plans[-1])
-    level_array: Any = group[str(lvl.index)]
-    thumb = np.asarray(level_array[:]).transpose(1, 2, 0)
-    mask = detect_tissue(thumb, options.tissue)
+    lvl = mask_plan(plans, options)
+    if mask is None:
+        level_array: Any = group[str(lvl.index)]
+        mask = detect_tissue(np.asarray(level_array[:]).transpose(1, 2, 0), options.tissue)
     tg = group.create_group("tissue")
     tg.create_array("mask", data=mask.astype(bool), chunks=mask.shape, overwrite=True)
     fr = tg.create_group("fraction")

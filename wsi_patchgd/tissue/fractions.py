@@ -34,9 +34,10 @@ def summed_area_table(mask: np.ndarray) -> np.ndarray:
     many levels."""
     m = np.asarray(mask)
     mh, mw = m.shape
-    sat = np.zeros((mh + 1, mw + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(m != 0, axis=0, dtype=np.int64), axis=1, out=sat[1:, 1:])
-    return sat.astype(np.float64)
+    exact = np.int32 if mh * mw < 2**31 else np.int64  # sums up to the pixel count, exact
+    sat = np.zeros((mh + 1, mw + 1), dtype=np.float64)
+    sat[1:, 1:] = np.cumsum(np.cumsum(m != 0, axis=0, dtype=exact), axis=1, dtype=exact)
+    return sat
 
 
 def patch_tissue_fractions(

@@ -20,6 +20,7 @@ from ...store import ConvertOptions, create_store, downsample2x, plan_levels, st
 from ...store.chunk_reader import supports
 from ...store.format import ATTR_KEY
 from ...store.shard_writer import ShardWriter
+from ...store.tissue_tables import mask_plan
 
 
 class _ArrayReader(SlideReader):
@@ -96,10 +97,8 @@ def write_image_store(
         if pl.index > 0:
             level = downsample2x(level)[:, : pl.height, : pl.width]
         _write_level(dest, pl.index, level, options.shard_size)
-    mask_plan = next(
-        (pl for pl in plans if max(pl.height, pl.width) <= options.mask_max_size), plans[-1]
-    )
-    mask = np.ones((mask_plan.height, mask_plan.width), bool)
+    mask_level = mask_plan(plans, options)
+    mask = np.ones((mask_level.height, mask_level.width), bool)
     tg = group.create_group("tissue", overwrite=True)
     tg.create_array("mask", data=mask, chunks=mask.shape, overwrite=True)
     fr = tg.create_group("fraction")
@@ -114,8 +113,8 @@ def write_image_store(
     tissue = {
         "method": "all",
         "note": "generated image: no tissue detection, every patch is usable",
-        "mask_level": mask_plan.index,
-        "mask_downsample": mask_plan.downsample,
+        "mask_level": mask_level.index,
+        "mask_downsample": mask_level.downsample,
         "fraction": 1.0,
     }
     group.attrs[ATTR_KEY] = store_metadata(
