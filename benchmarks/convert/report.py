@@ -107,6 +107,13 @@ def report(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
         "fresh files: the seconds of a converter with no overhead on this machine.",
     ]
     for r in rows:
+        st = r.get("stage_seconds") or {}
+        if "shards.read" in st:
+            lines.append(
+                f"{r['size']}^2 {r['impl']}: shard tasks spent {st['shards.read']:.2f} s reading "
+                f"and decoding, {st['shards.encode']:.2f} s encoding, {st['shards.write']:.2f} s "
+                f"writing (thread-seconds; the stage took {st['shards']:.2f} s of wall time)"
+            )
         if r.get("floor"):
             f = r["floor"]
             lines.append(

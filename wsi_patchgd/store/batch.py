@@ -27,7 +27,7 @@ from ..errors import WsiPatchGDError
 from ..io import StorageOptions, filesystem, is_remote, join
 from .convert import SlideResult, convert_slide, store_name
 from .plan import ConvertOptions
-from .tasks import ShardRunner, thread_shard_runner, write_shard
+from .tasks import ShardDone, ShardRunner, ShardTask, thread_shard_runner, write_shard
 
 _GLOB_CHARS = set("*?[")
 
@@ -108,7 +108,7 @@ def dask_shard_runner(client: Any) -> ShardRunner:
     import dask
     from distributed import as_completed
 
-    def run(tasks: list[tuple[Any, ...]], on_done: Callable[[float], None]) -> None:
+    def run(tasks: list[ShardTask], on_done: Callable[[ShardDone], None]) -> None:
         graph = [dask.delayed(write_shard, pure=False)(*t) for t in tasks]
         futures = client.compute(graph)
         try:

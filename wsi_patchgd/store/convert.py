@@ -53,7 +53,7 @@ from .lifecycle import (
 from .lock import StoreLock
 from .overwrite import recover, step, switch_in
 from .plan import ConvertOptions, LevelPlan, plan_levels, source_identity, with_passthrough
-from .tasks import ConvertJob, ShardRunner, ShardTask, run_shards_locally
+from .tasks import ConvertJob, ShardDone, ShardRunner, ShardTask, run_shards_locally
 from .tissue_tables import write_tissue, write_tissue_early
 from .verify import verify_store
 
@@ -78,6 +78,10 @@ class SlideResult:
             create or reopen the store, find the shards to write), ``shards`` (read, encode and
             write them), ``tissue`` (mask and patch tables), ``finish`` (verify, mark complete,
             switch an ``--overwrite`` in, release the lock). They sum to at most ``seconds``.
+            Then where the ``shards`` stage's time went, in thread-seconds summed over its
+            tasks (so up to threads x its wall time): ``shards.read`` (reading and decoding
+            the source, or the level below and its 2x2 mean), ``shards.encode`` (compressing
+            the chunks), ``shards.write`` (the shard objects and their markers).
     """
 
     source: str
@@ -235,12 +239,16 @@ def convert_slide(
             if on_plan:
                 on_plan(todo_mp)
             written = 0.0
+            shard_seconds: dict[str, float] = {}
 
-            def _done(mp: float) -> None:
+            def _done(d: ShardDone) -> None:
                 nonlocal written
-                written += mp
+                written += d.megapixels
+                for part in ("read", "encode", "write"):  # thread-seconds, summed over tasks
+                    key = f"shards.{part}"
+                    shard_seconds[key] = shard_seconds.get(key, 0.0) + getattr(d, f"{part}_s")
                 if on_progress:
-                    on_progress(mp)
+                    on_progress(d.megapixels)
 
             with ThreadPoolExecutor(1, "wsi-tissue") as side:
                 # tissue from the source's own pixels while the levels are written
@@ -270,7 +278,7 @@ def convert_slide(
                 switch_in(dest, store_options)
         finally:
             lock.release()
-    timings = clock.lap("finish")
+    timings = {**clock.lap("finish"), **shard_seconds}
     return SlideResult(
         source,
         dest,

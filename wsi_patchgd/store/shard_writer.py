@@ -77,13 +77,15 @@ class ShardWriter(ShardedArray):
         self, chunks: dict[tuple[int, ...], bytes], shard_index: tuple[int, ...]
     ) -> None:
         """Store one shard made of already encoded chunks (JPEG passthrough)."""
-        self._put(self.assemble(chunks), shard_index)
+        self.put(self.assemble(chunks), shard_index)
 
     def write(self, block: np.ndarray, shard_index: tuple[int, ...]) -> None:
         """Encode and store one shard (removing the object when it is all fill value)."""
-        self._put(self.encode(block, shard_index), shard_index)
+        self.put(self.encode(block, shard_index), shard_index)
 
-    def _put(self, data: bytes | None, shard_index: tuple[int, ...]) -> None:
+    def put(self, data: bytes | None, shard_index: tuple[int, ...]) -> None:
+        """Store one shard object as :meth:`encode` or :meth:`assemble` made it (None: remove
+        the object, the shard is all fill value); local files are renamed into place."""
         path = self._shard_path(shard_index)
         if self.remote:
             if data is None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, as_completed, wait
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import zarr
@@ -55,8 +57,8 @@ class ConvertJob:
 #: One shard task: the job, the level, and the shard's row and column.
 ShardTask = tuple[ConvertJob, LevelPlan, int, int]
 
-#: Runs one level's shard tasks, calling back with the megapixels of each shard written.
-ShardRunner = Callable[[list[ShardTask], Callable[[float], None]], None]
+#: Runs one level's shard tasks, calling back with what each shard task did.
+ShardRunner = Callable[[list[ShardTask], Callable[["ShardDone"], None]], None]
 
 
 @functools.lru_cache(maxsize=16)
@@ -113,7 +115,17 @@ def _marker_key(level: int, sy: int, sx: int) -> str:
     return f"{PROGRESS_PREFIX}/{level}/{sy}.{sx}"
 
 
-def write_shard(job: ConvertJob, plan: LevelPlan, sy: int, sx: int) -> float:
+class ShardDone(NamedTuple):
+    """What one shard task did: megapixels written, and its seconds spent reading (and decoding)
+    the source or the level below, encoding, and writing (shard object and marker)."""
+
+    megapixels: float
+    read_s: float = 0.0
+    encode_s: float = 0.0
+    write_s: float = 0.0
+
+
+def write_shard(job: ConvertJob, plan: LevelPlan, sy: int, sx: int) -> ShardDone:
     """Read and write one shard, then its progress marker.
 
     Args:
@@ -122,8 +134,9 @@ def write_shard(job: ConvertJob, plan: LevelPlan, sy: int, sx: int) -> float:
         sy, sx: the shard's row and column in the level's shard grid.
 
     Returns:
-        Megapixels written.
+        Megapixels written and where the task's time went.
     """
+    t0 = time.perf_counter()
     s = job.shard
     y, x = sy * s, sx * s
     h, w = min(s, plan.height - y), min(s, plan.width - x)
@@ -134,11 +147,12 @@ def write_shard(job: ConvertJob, plan: LevelPlan, sy: int, sx: int) -> float:
         tiles = _jpeg_tiles(job.source, job.source_options, job.token).tiles(
             plan.jpeg.page, range(sy * n, sy * n + n), range(sx * n, sx * n + n)
         )
+        t1 = time.perf_counter()
         writer.write_encoded(
             {(0, r - sy * n, c - sx * n): b for (r, c), b in tiles.items()}, (0, sy, sx)
         )
         _mark_done(job, plan, sy, sx)
-        return h * w / 1e6
+        return ShardDone(h * w / 1e6, t1 - t0, 0.0, time.perf_counter() - t1)
     if kind == "source":
         chw = _reader(job.source, job.reader, job.source_options, job.token).read_region_chw(
             int(src), x, y, w, h
@@ -146,13 +160,17 @@ def write_shard(job: ConvertJob, plan: LevelPlan, sy: int, sx: int) -> float:
     else:
         below = _read_level(job, int(src), 2 * x, 2 * y, 2 * w, 2 * h)
         chw = downsample2x(below)
+    t1 = time.perf_counter()
     if writer is not None:
-        writer.write(chw, (0, sy, sx))
+        data = writer.encode(chw, (0, sy, sx))
+        t2 = time.perf_counter()
+        writer.put(data, (0, sy, sx))
     else:
+        t2 = t1
         arr = _array(job.store_url, job.store_options, plan.index, job.token)
-        arr[:, y : y + h, x : x + w] = chw
+        arr[:, y : y + h, x : x + w] = chw  # zarr encodes and writes: counted as writing
     _mark_done(job, plan, sy, sx)
-    return h * w / 1e6
+    return ShardDone(h * w / 1e6, t1 - t0, t2 - t1, time.perf_counter() - t2)
 
 
 def _mark_done(job: ConvertJob, plan: LevelPlan, sy: int, sx: int) -> None:
@@ -176,7 +194,7 @@ def downsample2x(chw: np.ndarray) -> np.ndarray:
     return s.astype(np.uint8)
 
 
-def run_shards_locally(tasks: list[ShardTask], on_done: Callable[[float], None]) -> None:
+def run_shards_locally(tasks: list[ShardTask], on_done: Callable[[ShardDone], None]) -> None:
     """Write shards one after another in this thread (no Dask; for tests and tiny images)."""
     for t in tasks:
         on_done(write_shard(*t))
@@ -187,7 +205,7 @@ def thread_shard_runner(pool: Executor) -> ShardRunner:
     machine's threads finish sooner than a cluster starts). The first failure cancels the
     tasks not yet started and is raised once the running ones have stopped."""
 
-    def run(tasks: list[ShardTask], on_done: Callable[[float], None]) -> None:
+    def run(tasks: list[ShardTask], on_done: Callable[[ShardDone], None]) -> None:
         futures = [pool.submit(write_shard, *t) for t in tasks]
         try:
             for fut in as_completed(futures):
