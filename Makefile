@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 DATA    ?= ../shared/data
 OUT     ?= out
 
-.PHONY: install test lint typecheck unit demo convert-shared bench bench-convert bench-read bench-train bench-stream bench-distributed clean
+.PHONY: install test lint typecheck unit demo convert-shared bench bench-convert bench-read bench-train bench-stream bench-distributed bench-device clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench-stream: install
 
 bench-distributed: install
 	$(PY) benchmarks/bench_distributed.py
+
+# On a GPU machine (run as one command on the accelerator; installs, benchmarks, writes JSON in < 8 min)
+bench-device:
+	OUT=$(OUT)/device bash benchmarks/device.sh
 
 bench: bench-convert bench-read bench-train bench-stream bench-distributed
 

@@ -205,6 +205,62 @@ def code_version() -> dict[str, Any]:
     return {"commit": commit or None, "package_dirty": bool(dirty)}
 
 
+def torch_info(device: str = "cpu") -> dict[str, Any]:
+    """torch's version and threads and, for ``device="cuda"``, the GPU it runs on.
+
+    On CUDA: the GPU's name, memory and compute capability, the CUDA and cuDNN versions torch
+    was built with, the driver's version (from ``nvidia-smi`` when it is there) and the TF32
+    switches (``fp32`` convolutions run as TF32 when ``cudnn_allow_tf32`` is on, torch's
+    default).
+    """
+    import torch
+
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_version": torch.version.cuda,
+    }
+    if device != "cuda" or not torch.cuda.is_available():
+        return info
+    props = torch.cuda.get_device_properties(0)
+    try:
+        driver = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        driver = ""
+    info.update(
+        gpu_name=torch.cuda.get_device_name(0),
+        gpu_count=torch.cuda.device_count(),
+        gpu_memory_gb=round(props.total_memory / 2**30, 1),
+        gpu_capability=f"{props.major}.{props.minor}",
+        cudnn_version=torch.backends.cudnn.version(),
+        driver_version=driver or None,
+        cudnn_allow_tf32=bool(torch.backends.cudnn.allow_tf32),
+        matmul_allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
+        bf16_supported=bool(torch.cuda.is_bf16_supported()),
+    )
+    return info
+
+
+def describe_torch(info: dict[str, Any]) -> str:
+    """One line of :func:`torch_info`: the GPU, or the CPU with torch's threads."""
+    text = f"torch {info['torch']}"
+    if info.get("gpu_name"):
+        return (
+            f"{text}, CUDA {info['cuda_version']}, cuDNN {info['cudnn_version']}, "
+            f"{info['gpu_name']} ({info['gpu_memory_gb']} GiB, sm {info['gpu_capability']}, "
+            f"driver {info['driver_version']}), TF32 convolutions "
+            f"{'on' if info['cudnn_allow_tf32'] else 'off'}"
+        )
+    return f"{text}, device cpu, {info['torch_threads']} torch threads"
+
+
 def describe_machine(info: dict[str, Any]) -> str:
     """One line of :func:`machine_info` for the log and the plots (says when the box is busy)."""
     return (

@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latent-dim", type=int, default=256, help="latent width D (256)")
     ap.add_argument("--repeats", type=int, default=3, help="measured batches per backbone (3)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="(cpu)")
     args = ap.parse_args(argv)
     args.backbones = [b for b in args.backbones.split(",") if b]
     args.size = int(str(args.sizes).split(",")[0])

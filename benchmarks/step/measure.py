@@ -49,8 +49,10 @@ def profile_backbone(args: argparse.Namespace, backbone: str, urls: list[str]) -
     from wsi_patchgd.engine.patchgd import train_batch
     from wsi_patchgd.sampling import PermutationSampler
 
+    device = getattr(args, "device", "cpu")
+    sync = torch.cuda.synchronize if device == "cuda" else None
     torch.manual_seed(0)
-    model = build_patchgd_model(backbone, 2, out_dim=args.latent_dim, weights=None)
+    model = build_patchgd_model(backbone, 2, out_dim=args.latent_dim, weights=None).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     source = StorePatchSource(urls, level=0, patch_size=args.patch)
     images = list(range(len(urls)))
@@ -65,6 +67,8 @@ def profile_backbone(args: argparse.Namespace, backbone: str, urls: list[str]) -
             args.zeta, args.epsilon, np.random.default_rng(seed), F.cross_entropy,
             args.fill_batch_size,
         )  # fmt: skip
+        if sync is not None:
+            sync()
         source.cancel_prefetch()
         return dict(res)
 
@@ -78,7 +82,7 @@ def profile_backbone(args: argparse.Namespace, backbone: str, urls: list[str]) -
         t0 = time.perf_counter()
         step(1 + 2 * r)
         plain.append(time.perf_counter() - t0)
-        with instrument(model, stores) as clock:
+        with instrument(model, stores, sync) as clock:
             t0 = time.perf_counter()
             with clock.phase("other"):
                 res = step(2 + 2 * r)
@@ -94,9 +98,9 @@ def profile_backbone(args: argparse.Namespace, backbone: str, urls: list[str]) -
     total = statistics.fmean(run["total_s"] for run in runs)
     backbone_s = sum(phases[p] for p in BACKBONE_PHASES)
     log(f"{backbone}: op-level profile of one more plain batch (torch.profiler)")
-    ops = op_groups(lambda: step(1000))
+    ops = op_groups(lambda: step(1000), device)
     log(f"{backbone}: backbone alone, default layout vs channels_last")
-    cl = channels_last_ratios(model, args.patch, args.fill_batch_size, len(images) * args.k)
+    cl = channels_last_ratios(model, args.patch, args.fill_batch_size, len(images) * args.k, device)
     cl["saves_s"] = phases["fill: backbone forward"] * (1 - cl["fill_forward_ratio"]) + (
         phases["inner: backbone forward"] + phases["backward: backbone"]
     ) * (1 - cl["grad_forward_backward_ratio"])
@@ -129,8 +133,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = getattr(args, "device", "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here; use --device cpu")
     urls = ensure_stores(Path(args.workdir), args.size, args.images, args.patch)
     results = [profile_backbone(args, b, urls) for b in args.backbones]
     return {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cuda_available": torch.cuda.is_available(), "device": "cpu",
+            "cuda_available": torch.cuda.is_available(),
+            "device": device,
+            "gpu_name": torch.cuda.get_device_name(0) if device == "cuda" else None,
             "stores": urls, "results": results}  # fmt: skip

@@ -44,7 +44,8 @@ BACKBONE_PHASES = ("fill: backbone forward", "inner: backbone forward", "backwar
 class PhaseClock:
     """Exclusive time per phase on the main thread, plus read work done by prefetch threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        self._sync = sync  #: waits for the GPU before each reading (CUDA runs asynchronously)
         self.seconds: dict[str, float] = defaultdict(float)
         self.background: dict[str, float] = defaultdict(float)
         self._stack: list[str] = []
@@ -53,6 +54,8 @@ class PhaseClock:
         self._main = threading.get_ident()
 
     def _charge(self) -> float:
+        if self._sync is not None:
+            self._sync()
         now = time.perf_counter()
         if self._stack:
             self.seconds[self._stack[-1]] += now - self._since
@@ -125,20 +128,25 @@ def _hook_module(clock: PhaseClock, module: nn.Module, what: str) -> list[Any]:
 
 
 @contextmanager
-def instrument(net: nn.Module, stores: list[Any]) -> Iterator[PhaseClock]:
+def instrument(
+    net: nn.Module, stores: list[Any], sync: Callable[[], None] | None = None
+) -> Iterator[PhaseClock]:
     """Time the phases of the ``train_batch`` calls made inside the block.
 
     Args:
         net: The :class:`~wsi_patchgd.engine.PatchGDModel` (not a DDP wrapper).
         stores: The source's ``SlideStore`` objects (their ``read_patches`` is timed wherever
             it runs: on the prefetch threads it overlaps the main thread).
+        sync: Called at every phase boundary before the clock is read
+            (``torch.cuda.synchronize`` on a GPU, so that a phase is charged the kernels it
+            launched; this slows the step a little: compare the plain step).
 
     Yields:
         The clock; the caller opens the root phase (``other``) around the step.
     """
     from wsi_patchgd.engine import fill, model, patchgd
 
-    clock = PhaseClock()
+    clock = PhaseClock(sync)
     handles: list[Any] = []
     with ExitStack() as stack:
         read = lambda: f"{clock.stage}: read wait"  # noqa: E731

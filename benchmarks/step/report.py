@@ -25,12 +25,13 @@ def phase_table(res: dict[str, Any]) -> str:
     return table(["phase", "seconds", "% of step"], rows)
 
 
-def ops_table(res: dict[str, Any]) -> str:
-    """Self CPU time of a plain step's ops by group (torch.profiler)."""
+def ops_table(res: dict[str, Any], device: str = "cpu") -> str:
+    """Self CPU (or, on CUDA, GPU) time of a plain step's ops by group (torch.profiler)."""
     ops = res["op_groups_s"]
     total = sum(ops.values()) or 1.0
     rows = [[g, v, 100 * v / total] for g, v in sorted(ops.items(), key=lambda kv: -kv[1])]
-    return table(["op group (self CPU)", "seconds", "% of ops"], rows)
+    what = "self CPU" if device == "cpu" else "self GPU"
+    return table([f"op group ({what})", "seconds", "% of ops"], rows)
 
 
 def channels_last_line(res: dict[str, Any]) -> str:
@@ -51,7 +52,10 @@ def report(doc: dict[str, Any]) -> str:
         f"patches, k={a['k']}, zeta={a['zeta']}, epsilon={a['epsilon']}, fill batch "
         f"{a['fill_batch_size']}, D={a['latent_dim']}, torch threads {doc['torch_threads']}",
         f"machine: {describe_machine(doc['machine'])}; device cpu, "
-        f"{'a GPU is present but unused' if doc.get('cuda_available') else 'no GPU'}",
+        f"{'a GPU is present but unused' if doc.get('cuda_available') else 'no GPU'}"
+        if doc.get("device", "cpu") == "cpu"
+        else f"machine: {describe_machine(doc['machine'])}; device {doc['device']} "
+        f"({doc.get('gpu_name')}), phases timed with a synchronize at every boundary",
     ]
     for res in doc["results"]:
         ok = "meets" if res["backbone_share"] >= BACKBONE_TARGET else "MISSES"
@@ -63,7 +67,7 @@ def report(doc: dict[str, Any]) -> str:
             f"{100 * res['instrumentation_overhead']:+.1f} %",
             phase_table(res),
             "",
-            ops_table(res),
+            ops_table(res, doc.get("device", "cpu")),
             "",
             channels_last_line(res),
         ]

@@ -25,11 +25,14 @@ OP_GROUPS = (
 )
 
 
-def op_groups(step: Callable[[], Any]) -> dict[str, float]:
-    """Self CPU seconds of one ``step()`` per op group (``torch.profiler``, CPU activities)."""
+def op_groups(step: Callable[[], Any], device: str = "cpu") -> dict[str, float]:
+    """Self seconds of one ``step()`` per op group (``torch.profiler``): CPU time, or on
+    ``device="cuda"`` the GPU time of the kernels each op launched."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         step()
     groups: dict[str, float] = {name: 0.0 for name, _ in OP_GROUPS}
     groups["other ops"] = 0.0
@@ -38,21 +41,25 @@ def op_groups(step: Callable[[], Any]) -> dict[str, float]:
         if not name.startswith("aten::") and not name.startswith("optimizer"):
             continue  # python-level / profiler records
         group = next((g for g, frags in OP_GROUPS if any(f in name for f in frags)), "other ops")
-        groups[group] += ev.self_cpu_time_total / 1e6
+        groups[group] += (ev.self_device_time_total if cuda else ev.self_cpu_time_total) / 1e6
     return groups
 
 
-def _best(fn: Callable[[], Any], repeats: int = 3) -> float:
+def _best(fn: Callable[[], Any], repeats: int = 3, sync: Callable[[], Any] = lambda: None) -> float:
     fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return min(times)
 
 
-def channels_last_ratios(model: Any, patch: int, fill_n: int, grad_n: int) -> dict[str, float]:
+def channels_last_ratios(
+    model: Any, patch: int, fill_n: int, grad_n: int, device: str = "cpu"
+) -> dict[str, float]:
     """Backbone seconds in ``channels_last`` / in the default layout (below 1: faster).
 
     Args:
@@ -60,15 +67,18 @@ def channels_last_ratios(model: Any, patch: int, fill_n: int, grad_n: int) -> di
         patch: Patch side.
         fill_n: Patches of a fill call (no grad).
         grad_n: Patches of an inner iteration (forward + backward).
+        device: Where the model is (``cpu`` or ``cuda``); the inputs are made there.
     """
     import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     out: dict[str, float] = {}
     for fmt in ("contiguous", "channels_last"):
         mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
         net = copy.deepcopy(model.backbone).to(memory_format=mf).train()
-        xf = torch.randn(fill_n, 3, patch, patch).contiguous(memory_format=mf)
-        xg = torch.randn(grad_n, 3, patch, patch).contiguous(memory_format=mf)
+        xf = torch.randn(fill_n, 3, patch, patch, device=device).contiguous(memory_format=mf)
+        xg = torch.randn(grad_n, 3, patch, patch, device=device).contiguous(memory_format=mf)
 
         def fwd(net: Any = net, xf: Any = xf) -> None:
             with torch.no_grad():
@@ -78,8 +88,8 @@ def channels_last_ratios(model: Any, patch: int, fill_n: int, grad_n: int) -> di
             net(xg).sum().backward()
             net.zero_grad(set_to_none=True)
 
-        out[f"fill_forward_{fmt}_s"] = _best(fwd)
-        out[f"grad_forward_backward_{fmt}_s"] = _best(fwd_bwd)
+        out[f"fill_forward_{fmt}_s"] = _best(fwd, sync=sync)
+        out[f"grad_forward_backward_{fmt}_s"] = _best(fwd_bwd, sync=sync)
     out["fill_forward_ratio"] = (
         out["fill_forward_channels_last_s"] / out["fill_forward_contiguous_s"]
     )

@@ -30,15 +30,16 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import zarr
 
 from ..errors import StoreError
-from ..io import StorageOptions, zarr_store
-from ..readers import open_slide
+from ..io import StorageOptions, filesystem, zarr_store
+from ..readers import SlideReader, open_slide
 from ..readers.tiff_tiles import jpeg_levels
 from .format import ATTR_KEY, PROGRESS_PREFIX
 from .lifecycle import (
@@ -54,7 +55,7 @@ from .lock import StoreLock
 from .overwrite import recover, step, switch_in
 from .plan import ConvertOptions, LevelPlan, plan_levels, source_identity, with_passthrough
 from .tasks import ConvertJob, ShardDone, ShardRunner, ShardTask, run_shards_locally
-from .tissue_tables import write_tissue, write_tissue_early
+from .tissue_tables import early_mask, write_tissue
 from .verify import verify_store
 
 #: The stages of a conversion, in order, as :attr:`SlideResult.timings` names them.
@@ -142,6 +143,42 @@ def _shard_tasks(
     return per_level, todo_mp
 
 
+def _has_store(dest: str, storage_options: StorageOptions | None) -> bool:
+    """Whether ``dest`` already holds a Zarr group (complete or not)."""
+    fs, root = filesystem(dest, storage_options)
+    try:
+        return bool(fs.exists(root.rstrip("/") + "/zarr.json"))
+    except OSError:
+        return True  # cannot tell: behave as for an existing store
+
+
+def _tissue_early(
+    mask: Future[np.ndarray | None] | None,
+    reader: SlideReader,
+    url: str,
+    storage_options: StorageOptions | None,
+    plans: list[LevelPlan],
+    options: ConvertOptions,
+) -> dict[str, Any] | None:
+    """Write the tissue arrays from the source's copy of the mask level (detected already, or
+    now), while the levels are written; None, with nothing written, when the mask level is a
+    downsample (it exists only once written: :func:`write_tissue` then reads it)."""
+    m = mask.result() if mask is not None else early_mask(reader, plans, options)
+    return None if m is None else write_tissue(url, storage_options, plans, options, m)
+
+
+def _batches(plans: list[LevelPlan], per_level: list[list[ShardTask]]) -> list[list[ShardTask]]:
+    """The shard tasks in runs that may execute together: a level computed from the level below
+    starts a new run (that level must be finished first); levels copied from the source's own
+    levels need nothing written before them and share a run."""
+    runs: list[list[ShardTask]] = [[]]
+    for pl, tasks in zip(plans, per_level, strict=True):
+        if pl.origin.startswith("downsample:") and runs[-1]:
+            runs.append([])
+        runs[-1].extend(tasks)
+    return [r for r in runs if r]
+
+
 def convert_slide(
     source: str,
     dest: str,
@@ -175,11 +212,17 @@ def convert_slide(
     """
     options = options or ConvertOptions()
     clock = _Stopwatch()
-    with open_slide(source, source_options, options.reader) as reader:
+    with (
+        open_slide(source, source_options, options.reader) as reader,
+        ThreadPoolExecutor(1, "wsi-tissue") as side,  # tissue while the levels are written
+    ):
         identity = source_identity(source, source_options)
         plans = plan_levels(reader, options)
         if options.codec == "jpeg":
             plans = with_passthrough(plans, jpeg_levels(source, options.patch_size, source_options))
+        # a new store: start detecting tissue now (an existing one may be complete: skipped)
+        fresh = not _has_store(dest, store_options)
+        mask = side.submit(early_mask, reader, plans, options) if fresh else None
         clock.lap("plan")
         lock = StoreLock(dest, store_options, options.lock_stale_after)
         if not lock.acquire(options.lock_wait):
@@ -250,16 +293,11 @@ def convert_slide(
                 if on_progress:
                     on_progress(d.megapixels)
 
-            with ThreadPoolExecutor(1, "wsi-tissue") as side:
-                # tissue from the source's own pixels while the levels are written
-                early = side.submit(
-                    write_tissue_early, reader, target, store_options, plans, options
-                )
-                for tasks in per_level:  # a level needs the one below it finished
-                    if tasks:
-                        run_shards(tasks, _done)
-                clock.lap("shards")
-                tissue = early.result() or write_tissue(target, store_options, plans, options)
+            early = side.submit(_tissue_early, mask, reader, target, store_options, plans, options)
+            for batch in _batches(plans, per_level):
+                run_shards(batch, _done)
+            clock.lap("shards")
+            tissue = early.result() or write_tissue(target, store_options, plans, options)
             clock.lap("tissue")
             meta = store_metadata(reader, plans, options, identity, complete=True, tissue=tissue)
             problems = verify_store(target, store_options, meta, deep=True)

@@ -7,6 +7,13 @@ generation loss, and a store as small as the source. Such a level's inner chunk 
 :class:`JpegTileCodec` (``"wsi_patchgd.jpeg"``), which keeps the TIFF's shared ``JPEGTables`` and
 colour-space handling in its configuration and decodes exactly as tifffile decodes the source
 (so the pixels are those OpenSlide and tifffile give for that tile; the tests measure it).
+Where the patch size divides the tile size instead (512 px tiles, 128 or 256 px patches; 240 px
+Aperio tiles, 120 px patches), each tile is cut into patch-size JPEGs in the DCT domain
+(:mod:`wsi_patchgd.readers.jpeg_crop`: lossless, like ``jpegtran -crop``), when that is exact:
+no chroma subsampling (4:4:4 or RGB-coded JPEG). The cut patches are stored as abbreviated
+streams; the tables they share are the codec's ``tables``, and ``source_tile`` records the
+source's tile side. Subsampled (4:2:0, 4:2:2) levels are decoded and stored losslessly instead:
+there, cut patches decode differently along their edges.
 Finding such pages and reading their tile bytes is the readers' job
 (:mod:`wsi_patchgd.readers.tiff_tiles`); copying them into shards is the converter's
 (:mod:`wsi_patchgd.store.tasks`).
@@ -17,7 +24,7 @@ Zarr implementations do not know it: convert with the default ``--codec blosc-lz
 that napari / ome-zarr-py must open without wsi_patchgd installed.
 
 Writing through zarr re-encodes with JPEG quality 95, 4:4:4 (lossy); the converter never does
-that, it only copies source tiles.
+that, it only copies or cuts source tiles.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ class JpegTileCodec(ArrayBytesCodec):
         tables: the TIFF's JPEGTables (abbreviated streams share them), base64, or None.
         colorspace, outcolorspace: as tifffile passes them to ``imagecodecs.jpeg_decode``
             (for Aperio's RGB-coded JPEG the JPEG colour space is RGB, not YCbCr).
+        source_tile: for source tiles cut into patches, the source's tile side (None: chunks
+            are whole source tiles, or written through zarr).
     """
 
     is_fixed_size = False
@@ -68,12 +77,15 @@ class JpegTileCodec(ArrayBytesCodec):
     tables: str | None = None
     colorspace: int | str | None = None
     outcolorspace: int | str | None = 2
+    source_tile: int | None = None
 
     @classmethod
     def for_level(cls, level: JpegLevel) -> Self:
-        """The codec that decodes the tiles of a source page as tifffile decodes them."""
-        tables = base64.b64encode(level.tables).decode() if level.tables else None
-        return cls(tables, level.colorspace, level.outcolorspace)
+        """The codec that decodes the tiles of a source page (or the patches cut from them) as
+        tifffile decodes the tiles."""
+        raw = level.cut_tables if level.cut else level.tables
+        tables = base64.b64encode(raw).decode() if raw else None
+        return cls(tables, level.colorspace, level.outcolorspace, level.tile if level.cut else None)
 
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
@@ -82,14 +94,14 @@ class JpegTileCodec(ArrayBytesCodec):
         return cls(**conf)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, JSON]:
-        return {
-            "name": CODEC_NAME,
-            "configuration": {
-                "tables": self.tables,
-                "colorspace": self.colorspace,
-                "outcolorspace": self.outcolorspace,
-            },
+        conf: dict[str, JSON] = {
+            "tables": self.tables,
+            "colorspace": self.colorspace,
+            "outcolorspace": self.outcolorspace,
         }
+        if self.source_tile is not None:
+            conf["source_tile"] = self.source_tile
+        return {"name": CODEC_NAME, "configuration": conf}
 
     @property
     def tables_bytes(self) -> bytes | None:

@@ -160,7 +160,7 @@ def store_metadata(
                 "shape": [3, pl.height, pl.width],
                 "downsample": pl.downsample,
                 "origin": pl.origin,
-                "codec": "jpeg (source tiles, unchanged)"
+                "codec": pl.jpeg.describe()
                 if pl.jpeg is not None
                 else ("blosc-lz4" if options.codec == "jpeg" else options.codec),
             }

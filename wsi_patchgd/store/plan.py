@@ -3,8 +3,8 @@
 :class:`ConvertOptions` says how slides become stores; :func:`plan_levels` turns a source's
 pyramid into the store's levels (:class:`LevelPlan`: the source's own level at each 2x step
 where there is one, else a 2x downsample of the level above), and :func:`with_passthrough`
-marks the levels whose source JPEG tiles are copied unchanged. :func:`source_identity` is what
-"the same source" means when a store is resumed or replaced.
+marks the levels whose source JPEG tiles are copied unchanged or cut losslessly into patches.
+:func:`source_identity` is what "the same source" means when a store is resumed or replaced.
 """
 
 from __future__ import annotations
@@ -81,7 +81,11 @@ class LevelPlan:
         downsample: relative to level 0.
         origin: ``"source:<j>"`` (read from the source's level j) or ``"downsample:<i>"``
             (2x2 mean of the store's level i, written before it).
-        jpeg: the source page whose JPEG tiles are stored unchanged (codec ``jpeg``), if any.
+        jpeg: the source page whose JPEG tiles are stored unchanged or cut losslessly into
+            patches (codec ``jpeg``), if any.
+        jpeg_note: what happens to the source level's JPEG tiles and, where they are decoded
+            instead, why (:meth:`~wsi_patchgd.readers.tiff_tiles.JpegLevel.describe`); None
+            where the source level has no JPEG tiles to consider.
     """
 
     index: int
@@ -90,6 +94,7 @@ class LevelPlan:
     downsample: float
     origin: str
     jpeg: JpegLevel | None = None
+    jpeg_note: str | None = None
 
 
 def plan_levels(reader: SlideReader, options: ConvertOptions) -> list[LevelPlan]:
@@ -118,15 +123,21 @@ def plan_levels(reader: SlideReader, options: ConvertOptions) -> list[LevelPlan]
 
 
 def with_passthrough(plans: list[LevelPlan], pages: list[JpegLevel]) -> list[LevelPlan]:
-    """Mark the source levels whose JPEG tiles line up with the chunk grid (same size, tile =
-    patch) to be copied unchanged."""
-    by_size = {(jl.height, jl.width): jl for jl in pages}
-    return [
-        replace(pl, jpeg=by_size.get((pl.height, pl.width)))
-        if pl.origin.startswith("source:")
-        else pl
-        for pl in plans
-    ]
+    """Mark the source levels whose JPEG tiles line up with the chunk grid (same size, and a
+    tile side the patch size equals or divides, coded so that cutting is exact) to be copied
+    or cut unchanged; note on the others why their tiles are decoded instead."""
+    by_size: dict[tuple[int, int], JpegLevel] = {}
+    for jl in pages:  # a page that can be kept wins over one of the same size that cannot
+        seen = by_size.get((jl.height, jl.width))
+        if seen is None or (seen.problem and not jl.problem):
+            by_size[(jl.height, jl.width)] = jl
+    out = []
+    for pl in plans:
+        page = by_size.get((pl.height, pl.width)) if pl.origin.startswith("source:") else None
+        if page is not None:
+            pl = replace(pl, jpeg=None if page.problem else page, jpeg_note=page.describe())
+        out.append(pl)
+    return out
 
 
 def source_identity(source: str, storage_options: StorageOptions | None) -> dict[str, Any]:

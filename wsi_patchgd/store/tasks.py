@@ -24,7 +24,7 @@ import zarr
 
 from ..io import filesystem, is_remote, zarr_store
 from ..readers import SlideReader, open_slide
-from ..readers.tiff_tiles import JpegTiles
+from ..readers.tiff_tiles import JpegTiles, cut_patches
 from .chunk_reader import ChunkReader, supports
 from .format import PROGRESS_PREFIX
 from .plan import LevelPlan
@@ -142,17 +142,22 @@ def write_shard(job: ConvertJob, plan: LevelPlan, sy: int, sx: int) -> ShardDone
     h, w = min(s, plan.height - y), min(s, plan.width - x)
     kind, src = plan.origin.split(":")
     writer = _writer(job.store_url, job.store_options, plan.index, job.token)
-    if plan.jpeg is not None and writer is not None:
-        n = writer.per_shard[1]
+    if plan.jpeg is not None and writer is not None and writer.jpeg is not None:
+        n, k = writer.per_shard[1], plan.jpeg.per_tile  # patches per shard / per source tile
+        rows, cols = range(sy * n, sy * n + n), range(sx * n, sx * n + n)
         tiles = _jpeg_tiles(job.source, job.source_options, job.token).tiles(
-            plan.jpeg.page, range(sy * n, sy * n + n), range(sx * n, sx * n + n)
+            plan.jpeg.page,
+            range(rows.start // k, -(-rows.stop // k)),
+            range(cols.start // k, -(-cols.stop // k)),
         )
-        t1 = time.perf_counter()
+        t1 = time.perf_counter()  # cutting tiles into patches (lossless) counts as encoding
+        patches = cut_patches(plan.jpeg, tiles, rows, cols) if plan.jpeg.cut else tiles
+        t2 = time.perf_counter()
         writer.write_encoded(
-            {(0, r - sy * n, c - sx * n): b for (r, c), b in tiles.items()}, (0, sy, sx)
+            {(0, r - sy * n, c - sx * n): b for (r, c), b in patches.items()}, (0, sy, sx)
         )
         _mark_done(job, plan, sy, sx)
-        return ShardDone(h * w / 1e6, t1 - t0, 0.0, time.perf_counter() - t1)
+        return ShardDone(h * w / 1e6, t1 - t0, t2 - t1, time.perf_counter() - t2)
     if kind == "source":
         chw = _reader(job.source, job.reader, job.source_options, job.token).read_region_chw(
             int(src), x, y, w, h

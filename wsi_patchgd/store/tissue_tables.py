@@ -70,20 +70,6 @@ def early_mask(
     return detect_tissue(reader.read_region(int(src), 0, 0, lv.width, lv.height), options.tissue)
 
 
-def write_tissue_early(
-    reader: SlideReader,
-    url: str,
-    storage_options: StorageOptions | None,
-    plans: list[LevelPlan],
-    options: ConvertOptions,
-) -> dict[str, Any] | None:
-    """:func:`write_tissue` with the :func:`early_mask`, before the levels are written (the
-    tissue arrays are objects of their own: a conversion writes them while it writes the
-    levels). None, with nothing written, when there is no early mask."""
-    mask = early_mask(reader, plans, options)
-    return None if mask is None else write_tissue(url, storage_options, plans, options, mask)
-
-
 def write_tissue(
     url: str,
     storage_options: StorageOptions | None,
