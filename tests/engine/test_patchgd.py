@@ -25,7 +25,7 @@ from wsi_patchgd.engine import (
     train_batch,
 )
 from wsi_patchgd.errors import ConfigError
-from wsi_patchgd.models import PooledHead
+from wsi_patchgd.models import PooledHead, build_backbone
 from wsi_patchgd.models.norm import backbone_modes
 from wsi_patchgd.sampling import PermutationSampler
 
@@ -103,8 +103,13 @@ def test_tensor_source_pads_white_and_reads_in_order() -> None:
         TensorPatchSource([image.view(3, 20, 40).float()], 16)
 
 
-@pytest.mark.parametrize("epsilon_is_zeta", [True, False])
-def test_accumulated_gradients_equal_full_image_gradient(epsilon_is_zeta: bool) -> None:
+@pytest.mark.parametrize(
+    ("epsilon_is_zeta", "backbone_name"),
+    [(True, "tiny"), (False, "tiny"), (True, "timm:resnet10t")],
+)
+def test_accumulated_gradients_equal_full_image_gradient(
+    epsilon_is_zeta: bool, backbone_name: str
+) -> None:
     """DESIGN §2's exactness property, in float64.
 
     With eval-mode normalisation the recomputed patches equal their filled values, so the latent
@@ -118,7 +123,9 @@ def test_accumulated_gradients_equal_full_image_gradient(epsilon_is_zeta: bool) 
       accumulated gradient is (zeta / eps) * full (== full when eps = zeta).
     """
     torch.manual_seed(0)
-    backbone = TinyNet(8)
+    backbone: nn.Module = (
+        TinyNet(8) if backbone_name == "tiny" else build_backbone(backbone_name, 8, patch_size=16)
+    )
     _randomize_norms(backbone)
     model = _tiny_model(backbone, background="learned", norm="frozen").double()
     with torch.no_grad():

@@ -32,6 +32,9 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
         ("data.train_folds=[2]", "overlap"),
         ("patchgd.memory_budget=lots", "size like 4GB"),
         ("nonsense", "key=value"),
+        ("model.trainable=-2", "'model.trainable' = -2 is invalid"),
+        ("model.trainable=[1]", "'model.trainable' must be an integer or a word"),
+        ("model.backbone='timm:'", "'model.backbone' = 'timm:' needs a model name"),
     ]:
         with pytest.raises(ConfigError, match=msg):
             load_config(c, ["data.val_folds=[2]", ov] if "train_folds" in ov else [ov])
@@ -40,6 +43,16 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
         load_config(c)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_model_section_keys() -> None:
+    base = ["data.manifest=m.csv"]
+    assert load_config(None, base).model.trainable == "all"
+    cfg = load_config(
+        None, [*base, "model.backbone=timm:vit_tiny_patch16_224", "model.trainable=2"]
+    )
+    assert (cfg.model.backbone, cfg.model.trainable) == ("timm:vit_tiny_patch16_224", 2)
+    assert load_config(None, [*base, "model.trainable=all"]).model.trainable == "all"
 
 
 def test_parse_bytes() -> None:

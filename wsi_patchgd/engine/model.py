@@ -224,11 +224,15 @@ def build_patchgd_model(
     head_channels: int = 256,
     n_convs: int = 4,
     dropout: float = 0.2,
+    *,
+    patch_size: int | None = None,
+    trainable: int | str = "all",
 ) -> PatchGDModel:
     """A :class:`PatchGDModel` from names (see ``build_backbone`` and ``build_head``).
 
     Args:
-        backbone: torchvision model name (see :func:`~wsi_patchgd.models.list_backbones`).
+        backbone: torchvision model name (see :func:`~wsi_patchgd.models.list_backbones`) or
+            ``timm:<name>``.
         num_classes: Number of classes C.
         head: Head name, ``"pooled"`` or ``"paper"``.
         out_dim: Latent width D.
@@ -240,17 +244,21 @@ def build_patchgd_model(
         head_channels: Width of the head's convolutions.
         n_convs: Number of convolutions of the ``"pooled"`` head.
         dropout: Head ``Dropout2d`` probability.
+        patch_size: The patch side (timm ViTs are built at it).
+        trainable: ``"all"`` or N: only the backbone's last N blocks (and its projection) train.
 
     Raises:
         ConfigError: For unknown names or invalid values.
     """
-    return PatchGDModel(
-        build_backbone(backbone, out_dim, weights, checkpointing),
+    model = PatchGDModel(
+        build_backbone(backbone, out_dim, weights, checkpointing, patch_size=patch_size),
         build_head(head, out_dim, num_classes, grid, head_channels, n_convs, dropout),
         out_dim,
         background,
         norm,
     )
+    model.backbone.set_trainable(trainable)  # type: ignore[operator]  # after norm swaps
+    return model
 
 
 def build_gd_model(
@@ -263,6 +271,8 @@ def build_gd_model(
     n_convs: int = 4,
     dropout: float = 0.2,
     norm: str = "batch",
+    *,
+    trainable: int | str = "all",
 ) -> GDModel:
     """A :class:`GDModel` from names: the backbone's feature map, a 1x1 convolution to
     ``out_dim`` channels and the same :class:`~wsi_patchgd.models.PooledHead` as PatchGD.
@@ -277,6 +287,8 @@ def build_gd_model(
         n_convs: Number of head convolutions.
         dropout: Head ``Dropout2d`` probability.
         norm: As in :class:`GDModel`.
+        trainable: ``"all"`` or N: only the feature map's last N blocks (and the projection)
+            train, as in :func:`build_patchgd_model`.
 
     Raises:
         ConfigError: Unknown backbone, bad weights, an unknown norm policy or a non-positive
@@ -287,4 +299,6 @@ def build_gd_model(
     features = build_feature_map(backbone, weights)
     proj = nn.Conv2d(features.channels, out_dim, kernel_size=1)
     head = PooledHead(out_dim, num_classes, head_channels, n_convs, dropout)
-    return GDModel(features, head, image_size, proj, norm)
+    model = GDModel(features, head, image_size, proj, norm)
+    features.set_trainable(trainable)  # after the norm policy's layer swaps
+    return model

@@ -1,4 +1,4 @@
-"""Backbones: any torchvision classification model, its classifier removed.
+"""Backbones: any torchvision classification model or timm model, its classifier removed.
 
 :func:`build_backbone` gives the patch encoder ``f`` of PatchGD: ``(N, 3, P, P)`` float images
 to ``(N, out_dim)`` vectors (the model's pooled features, then a linear projection).
@@ -10,6 +10,12 @@ torchvision-format state dict of the whole classification model, or the state di
 our :class:`Backbone` modules), or a torchvision weights name such as ``"IMAGENET1K_V1"`` or
 ``"DEFAULT"``, which torchvision downloads (needs internet); files are read by
 :mod:`wsi_patchgd.models.weights`.
+
+Names starting with ``timm:`` (or ``hf-hub:``) are timm models, built by
+:mod:`wsi_patchgd.models.timm_backbones` (ViTs at the patch size; their LayerNorm has no
+train/eval difference, so the norm policy has nothing to reconcile for them).
+``trainable`` (config ``model.trainable``) freezes all but the last N blocks
+(:mod:`wsi_patchgd.models.freeze`).
 """
 
 from __future__ import annotations
@@ -22,9 +28,17 @@ from typing import Any
 import torch
 import torchvision
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from wsi_patchgd.errors import ConfigError
+from wsi_patchgd.models.checkpointing import CheckpointedSequential, enable_checkpointing
+from wsi_patchgd.models.freeze import check_trainable, freeze_trunk
+from wsi_patchgd.models.timm_backbones import (
+    build_timm_model,
+    check_timm_name,
+    enable_timm_checkpointing,
+    is_timm_name,
+    timm_feature_map,
+)
 from wsi_patchgd.models.weights import is_weights_file, load_into, load_state_file
 
 __all__ = [
@@ -44,41 +58,6 @@ _NO_AUX = ("googlenet", "inception_v3")
 def list_backbones() -> list[str]:
     """Names of the torchvision classification models :func:`build_backbone` accepts."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-class CheckpointedSequential(nn.Sequential):
-    """``nn.Sequential`` that runs each child with parameters under gradient checkpointing.
-
-    Only while training with autograd enabled; otherwise it is a plain ``nn.Sequential``. The
-    state-dict keys are those of the sequential it replaces. BatchNorm layers inside a
-    checkpointed child update their running statistics twice per step (forward and
-    recomputation); use ``eval_norm`` or accept the slightly faster-moving averages.
-    """
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Apply the children in order, checkpointing each one that has parameters."""
-        use_ckpt = self.training and torch.is_grad_enabled()
-        for module in self:
-            has_params = next(module.parameters(), None) is not None
-            if use_ckpt and has_params:
-                input = checkpoint(module, input, use_reentrant=False)
-            else:
-                input = module(input)
-        return input
-
-
-def _enable_checkpointing(module: nn.Module) -> int:
-    """Turn the top-most ``nn.Sequential`` modules of ``module`` into checkpointed ones."""
-    count = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Sequential) and len(child) >= 2:
-            replacement = CheckpointedSequential(OrderedDict(child.named_children()))
-            replacement.train(child.training)
-            setattr(module, name, replacement)
-            count += 1
-        else:
-            count += _enable_checkpointing(child)
-    return count
 
 
 def _first_tensor(out: Any) -> Tensor:
@@ -101,18 +80,22 @@ def _pooled(h: Tensor) -> Tensor:
 
 
 def check_backbone_name(name: str) -> None:
-    """Check that ``name`` is a torchvision classification model (without building it).
+    """Check that ``name`` is a torchvision classification model or a timm model
+    (``timm:<name>``), without building it.
 
     Raises:
-        ConfigError: For another name, with the closest valid names.
+        ConfigError: For another name, naming ``model.backbone``, with the closest valid names.
     """
+    if is_timm_name(name):
+        check_timm_name(name)
+        return
     names = list_backbones()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else f"e.g. {', '.join(names[:5])}"
         raise ConfigError(
-            f"unknown backbone {name!r}: not a torchvision classification model; {hint} "
-            "(see wsi_patchgd.models.list_backbones())"
+            f"config key 'model.backbone' = {name!r} is not a torchvision classification model;"
+            f" {hint} (see wsi_patchgd.models.list_backbones(); timm models: timm:<name>)"
         )
 
 
@@ -195,13 +178,13 @@ def _remove_classifier(model: nn.Module) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def _probe(module: nn.Module, fn: Any) -> Any:
-    """Run ``fn(module, x)`` on a dummy batch in eval mode, trying 64 px then 224 px inputs."""
+def _probe(module: nn.Module, fn: Any, sizes: tuple[int, ...] = _PROBE_SIZES) -> Any:
+    """Run ``fn(module, x)`` on a dummy batch in eval mode, trying each size (64 then 224 px)."""
     was_training = module.training
     module.eval()
     error: Exception | None = None
     try:
-        for size in _PROBE_SIZES:
+        for size in sizes:
             try:
                 return fn(module, torch.zeros(1, 3, size, size))
             except Exception as exc:  # models with a minimum or fixed input size
@@ -211,8 +194,12 @@ def _probe(module: nn.Module, fn: Any) -> Any:
         module.train(was_training)
 
 
-def _classifier_free(name: str, weights: str | None) -> tuple[nn.Module, tuple[str, ...]]:
-    """The torchvision model without its classifier, with weights loaded."""
+def _classifier_free(
+    name: str, weights: str | None, patch_size: int | None = None
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """The torchvision or timm model without its classifier, with weights loaded."""
+    if is_timm_name(name):
+        return build_timm_model(name, weights, patch_size)
     model = _torchvision_model(name, weights)
     removed = _remove_classifier(model)
     if weights is not None and is_weights_file(weights):
@@ -224,11 +211,13 @@ def _classifier_free(name: str, weights: str | None) -> tuple[nn.Module, tuple[s
 
 
 class Backbone(nn.Module):
-    """Patch encoder: a torchvision trunk (classifier removed), pooled, then ``Linear`` to D.
+    """Patch encoder: a torchvision or timm trunk (classifier removed), pooled, then ``Linear``
+    to D.
 
     Attributes:
-        name: torchvision model name.
-        features: The torchvision model with its classifier replaced by ``nn.Identity``.
+        name: Backbone name (torchvision, or ``timm:<name>``).
+        features: The model with its classifier removed (torchvision: replaced by
+            ``nn.Identity``; timm: ``num_classes=0``, pooled features out).
         proj: ``Linear(feature_dim, out_dim)``.
         feature_dim: Width of the pooled features.
         out_dim: Output width D.
@@ -253,35 +242,55 @@ class Backbone(nn.Module):
         """
         return self.proj(_pooled(_first_tensor(self.features(x))))
 
+    def set_trainable(self, trainable: int | str) -> list[str]:
+        """Train only the last N blocks of ``features`` (and the projection); see
+        :func:`~wsi_patchgd.models.freeze.freeze_trunk`. Returns the trainable blocks."""
+        return freeze_trunk(self.features, trainable, self.name)
+
 
 def build_backbone(
-    name: str, out_dim: int = 256, weights: str | None = None, checkpointing: bool = False
+    name: str,
+    out_dim: int = 256,
+    weights: str | None = None,
+    checkpointing: bool = False,
+    *,
+    patch_size: int | None = None,
+    trainable: int | str = "all",
 ) -> Backbone:
-    """Build a patch encoder from any torchvision classification model.
+    """Build a patch encoder from any torchvision classification model or timm model.
 
     Args:
-        name: torchvision model name, e.g. ``"resnet50"``, ``"mobilenet_v2"``.
+        name: torchvision model name, e.g. ``"resnet50"``, ``"mobilenet_v2"``; or a timm model,
+            ``"timm:resnet10t"``, ``"timm:vit_small_patch16_224"``, ``"timm:hf-hub:<org>/<m>"``
+            (see :mod:`~wsi_patchgd.models.timm_backbones`).
         out_dim: Output width D of the projection.
-        weights: ``None`` (random init), a local state-dict file (torchvision format or a saved
-            :class:`Backbone`), or a torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"``;
-            downloaded by torchvision).
-        checkpointing: Gradient-checkpoint the feature extractor: every top-most
-            ``nn.Sequential`` (ResNet stages, ``features`` of MobileNet/EfficientNet/DenseNet/
-            ConvNeXt, the ViT encoder layers) becomes a :class:`CheckpointedSequential`, so
-            activations are kept only between its children and recomputed in backward.
+        weights: ``None`` (random init), a local state-dict file (torchvision or timm format,
+            or a saved :class:`Backbone`), a torchvision weights name (``"DEFAULT"``,
+            ``"IMAGENET1K_V1"``; downloaded by torchvision), or for timm ``"pretrained"``.
+        checkpointing: Gradient-checkpoint the feature extractor: timm models through their
+            ``set_grad_checkpointing`` (where a model lacks it, as for torchvision:) every
+            top-most ``nn.Sequential`` (ResNet stages, ``features`` of MobileNet/EfficientNet/
+            DenseNet/ConvNeXt, the ViT encoder layers) becomes a :class:`CheckpointedSequential`,
+            so activations are kept only between its children and recomputed in backward.
+        patch_size: The patch side P. timm ViTs are built at it (``img_size=P``); torchvision
+            models and timm CNNs take any size and ignore it.
+        trainable: ``"all"`` or N: only the last N blocks (and the projection) train
+            (:mod:`~wsi_patchgd.models.freeze`).
 
     Returns:
         The :class:`Backbone`, ``(N, 3, P, P) -> (N, out_dim)``. Transformers with a fixed input
-        size (ViT) only accept patches of that size.
+        size (torchvision ViT) only accept patches of that size.
 
     Raises:
         ConfigError: Unknown model name (with close names), missing or unfitting weights file,
-            unknown torchvision weights name, or ``out_dim < 1``.
+            unknown weights name, ``out_dim < 1``, or a bad ``trainable``.
     """
     if out_dim < 1:
         raise ConfigError(f"out_dim={out_dim} must be >= 1")
-    features, _ = _classifier_free(name, weights)
-    feature_dim = int(_probe(features, lambda m, x: _pooled(_first_tensor(m(x)))).shape[1])
+    check_trainable(trainable)
+    features, _ = _classifier_free(name, weights, patch_size)
+    sizes = (patch_size, *_PROBE_SIZES) if patch_size else _PROBE_SIZES
+    feature_dim = int(_probe(features, lambda m, x: _pooled(_first_tensor(m(x))), sizes).shape[1])
     backbone = Backbone(name, features, feature_dim, out_dim)
     if weights is not None and is_weights_file(weights):
         state = load_state_file(weights)
@@ -292,17 +301,19 @@ def build_backbone(
                 (),
                 weights,
             )
-    if checkpointing:
-        _enable_checkpointing(backbone.features)
+    if checkpointing and not (is_timm_name(name) and enable_timm_checkpointing(features)):
+        enable_checkpointing(backbone.features)
+    backbone.set_trainable(trainable)
     return backbone
 
 
 class FeatureMap(nn.Module):
-    """The spatial feature map of a torchvision model: ``(N, 3, H, W) -> (N, C, h, w)``.
+    """The spatial feature map of a torchvision or timm model: ``(N, 3, H, W) -> (N, C, h, w)``.
 
     Attributes:
-        name: torchvision model name.
-        node: The traced graph node whose output is returned (the input of global pooling).
+        name: Backbone name.
+        node: The traced graph node whose output is returned (the input of global pooling;
+            for timm models ``"forward_features"``).
         channels: ``C``.
     """
 
@@ -315,21 +326,33 @@ class FeatureMap(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Spatial features ``(N, C, h, w)`` of normalised images ``(N, 3, H, W)``."""
-        return self.trunk(x)["map"]
+        out = self.trunk(x)
+        return out if isinstance(out, Tensor) else out["map"]
+
+    def set_trainable(self, trainable: int | str) -> list[str]:
+        """Train only the last N blocks of the trunk (see :meth:`Backbone.set_trainable`)."""
+        inner = self.trunk.model if is_timm_name(self.name) else self.trunk
+        return freeze_trunk(inner, trainable, self.name)  # type: ignore[arg-type]
 
 
-def build_feature_map(name: str, weights: str | None = None) -> FeatureMap:
-    """The feature extractor of a torchvision model, stopped before its global pooling.
+def build_feature_map(
+    name: str, weights: str | None = None, *, trainable: int | str = "all"
+) -> FeatureMap:
+    """The feature extractor of a torchvision or timm model, stopped before its global pooling.
 
-    The node is found by tracing the model (``torchvision.models.feature_extraction``) and
-    taking the last node whose output is 4-D with both spatial sizes above 1 on a dummy image:
-    e.g. ``layer4`` of ResNet, ``features`` of MobileNet, the ReLU after DenseNet's
-    ``features``. For ViT (no spatial map) that is the patch embedding, which is not useful:
-    the baseline is meant for convolutional models.
+    torchvision: the node is found by tracing the model
+    (``torchvision.models.feature_extraction``) and taking the last node whose output is 4-D with
+    both spatial sizes above 1 on a dummy image: e.g. ``layer4`` of ResNet, ``features`` of
+    MobileNet, the ReLU after DenseNet's ``features``. For torchvision's ViT (no spatial map)
+    that is the patch embedding, which is not useful: use a timm ViT. timm: the model's
+    ``forward_features`` (CNNs), or for ViTs their patch tokens laid out on the patch grid
+    (:class:`~wsi_patchgd.models.timm_backbones.TimmTokenMap`; the ViT is built with
+    ``dynamic_img_size``, so it takes the GD image size).
 
     Args:
-        name: torchvision model name.
+        name: torchvision model name or ``timm:<name>``.
         weights: As in :func:`build_backbone`.
+        trainable: As in :func:`build_backbone`.
 
     Returns:
         The :class:`FeatureMap`.
@@ -337,6 +360,13 @@ def build_feature_map(name: str, weights: str | None = None) -> FeatureMap:
     Raises:
         ConfigError: As in :func:`build_backbone`, or if no spatial node is found.
     """
+    check_trainable(trainable)
+    if is_timm_name(name):
+        model, _ = _classifier_free(name, weights)
+        trunk, channels = timm_feature_map(name, model)
+        fmap = FeatureMap(name, trunk, "forward_features", channels)
+        fmap.set_trainable(trainable)
+        return fmap
     from torchvision.models.feature_extraction import (
         create_feature_extractor,
         get_graph_node_names,
@@ -353,4 +383,6 @@ def build_feature_map(name: str, weights: str | None = None) -> FeatureMap:
     if chosen is None:
         raise ConfigError(f"backbone {name!r} has no spatial feature map; use a CNN")
     trunk = create_feature_extractor(model, return_nodes={chosen[0]: "map"})
-    return FeatureMap(name, trunk, chosen[0], chosen[1])
+    fmap = FeatureMap(name, trunk, chosen[0], chosen[1])
+    fmap.set_trainable(trainable)
+    return fmap

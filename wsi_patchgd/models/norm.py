@@ -92,7 +92,16 @@ def batchnorm_to_groupnorm(module: nn.Module, max_groups: int = 32) -> int:
                     gn.weight.copy_(child.weight)
                     gn.bias.copy_(child.bias)
             gn.train(child.training)
-            setattr(module, name, gn)
+            # timm's BatchNormAct2d is a BatchNorm that also applies its dropout and activation
+            # (MobileNetV3, EfficientNet): keep them after the GroupNorm
+            extra = [
+                getattr(child, a)
+                for a in ("drop", "act")
+                if isinstance(getattr(child, a, None), nn.Module)
+            ]
+            new: nn.Module = nn.Sequential(gn, *extra) if extra else gn
+            new.train(child.training)
+            setattr(module, name, new)
             count += 1
         else:
             count += batchnorm_to_groupnorm(child, max_groups)

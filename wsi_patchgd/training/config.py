@@ -19,6 +19,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..io import redact_storage_options
+from .model_config import ModelConfig, validate_model_config
 
 
 @dataclass
@@ -37,23 +38,6 @@ class DataConfig:
     #: how remote stores' patches are fetched: auto (= fsspec) | fsspec | obstore (pip install
     #: obstore: less CPU per request; credentials from the environment, not ~/.aws profiles)
     remote_backend: str = "auto"
-
-
-@dataclass
-class ModelConfig:
-    backbone: str = "mobilenet_v2"
-    weights: str | None = None  #: None (random), a local file, or a torchvision enum name
-    num_classes: int = 2
-    latent_dim: int = 256
-    head: str = "pooled"  #: pooled (any grid) | paper (fixed grid)
-    head_channels: int = 256
-    head_convs: int = 4
-    dropout: float = 0.2
-    background: str = "zero"  #: zero | learned
-    checkpointing: bool = False
-    #: BatchNorm momentum of the whole model (None: the architecture's; MobileNetV3 and
-    #: EfficientNet use 0.01, which lags far behind the weights in a short run)
-    norm_momentum: float | None = None
 
 
 @dataclass
@@ -189,6 +173,10 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
         if optional:
             return None
         raise ConfigError(f"config key '{key}' must not be empty")
+    if text == "int | str":  # model.trainable: all | N
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"config key '{key}' must be an integer or a word, got {value!r}")
+        return value
     if "list[int]" in text:
         vals = value if isinstance(value, list) else [value]
         try:
@@ -257,6 +245,7 @@ def _validate(cfg: RunConfig) -> None:
         )
     if not 0 <= cfg.optim.momentum < 1:
         raise ConfigError(f"config key 'optim.momentum' = {cfg.optim.momentum} must be in [0, 1)")
+    validate_model_config(cfg.model)
     if not 0 <= cfg.model.dropout < 1:
         raise ConfigError(f"config key 'model.dropout' = {cfg.model.dropout} must be in [0, 1)")
     if cfg.seed < 0:

@@ -2,10 +2,15 @@
 batch so that a training step fits a budget.
 
 A step costs about parameters + gradients + optimizer state + B * k patch activations (kept for
-backward) + Z and the head's activations over Z. Activations are measured, not guessed: one
-forward of a single patch through the backbone (and of a small grid through the head) with hooks
-that add up every module's output. ``benchmarks/bench_train.py`` checks the estimate against the
-measured peak.
+backward) + Z and the head's activations over Z. Gradients and optimizer state exist only for the
+trainable parameters (``model.trainable`` freezes the others). Activations are measured, not
+guessed: one forward of a single patch through the backbone (and of a small grid through the
+head) with hooks that add up every leaf module's output; with gradients, only outputs that are
+part of the autograd graph count (a frozen stem keeps nothing for backward), and ``nn.Identity``
+outputs (its input) are not counted twice. This works for CNNs and vision
+transformers alike (a ViT's leaves are its linear layers, LayerNorms and activations; fused
+attention is a function, whose few internal buffers per block the 1.5 factor covers).
+``benchmarks/bench_train.py`` checks the estimate against the measured peak.
 """
 
 from __future__ import annotations
@@ -39,12 +44,19 @@ class MemoryPlan:
 
 
 def _activation_bytes(module: nn.Module, x: torch.Tensor, *args: object) -> tuple[int, int]:
-    """(sum of all leaf outputs, largest single leaf output) in bytes for one forward."""
-    total, largest = 0, 0
+    """(sum of all leaf outputs, largest single leaf output) in bytes for one forward.
 
-    def hook(_m: nn.Module, _i: object, out: object) -> None:
+    Under autograd only outputs that require grad count; ``nn.Identity`` outputs (the input
+    itself: timm's placeholders for layer scale, stochastic depth, ...) never do.
+    """
+    total, largest = 0, 0
+    grad = torch.is_grad_enabled()
+
+    def hook(m: nn.Module, _i: object, out: object) -> None:
         nonlocal total, largest
-        if isinstance(out, torch.Tensor):
+        if isinstance(out, torch.Tensor) and not isinstance(m, nn.Identity):
+            if grad and not out.requires_grad:
+                return
             b = out.numel() * out.element_size()
             total += b
             largest = max(largest, b)
@@ -59,6 +71,14 @@ def _activation_bytes(module: nn.Module, x: torch.Tensor, *args: object) -> tupl
         for h in handles:
             h.remove()
     return total, largest
+
+
+def _fixed_bytes(model: nn.Module, optimizer: str) -> int:
+    """Weights (all parameters) + gradients and optimizer state (trainable ones only)."""
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    states = 1 if optimizer == "sgd" else 2
+    return (n_params + n_train * (1 + states)) * 4
 
 
 def plan_memory(
@@ -80,15 +100,13 @@ def plan_memory(
         cells: grid cells of the largest image (n_h * n_w).
         latent_dim: D.
         budget: bytes or a size string ("4GB").
-        optimizer: adam/adamw (2 states per parameter) or sgd (1).
+        optimizer: adam/adamw (2 states per trainable parameter) or sgd (1).
 
     Raises:
         MemoryBudgetError: not even k = 1 fits; the message says how much is needed.
     """
     total_budget = budget if isinstance(budget, int) else parse_bytes(budget)
-    n_params = sum(p.numel() for p in model.parameters())
-    states = 1 if optimizer == "sgd" else 2
-    fixed = n_params * 4 * (2 + states)
+    fixed = _fixed_bytes(model, optimizer)
     x = torch.zeros(1, 3, patch_size, patch_size)
     with torch.enable_grad():
         grad_bytes, _ = _activation_bytes(model.backbone, x)  # type: ignore[arg-type]
@@ -124,13 +142,12 @@ def gd_step_bytes(
 ) -> int:
     """Memory of one standard-GD training step on ``batch_size`` images of ``side`` px.
 
-    Weights + gradients + optimizer state, plus the activations kept for backward, measured on
-    one ``probe`` px image and scaled by area (exact for a convolutional network up to the
-    rounding of its strides), with the same 1.5 factor as :func:`plan_memory`.
+    Weights + gradients + optimizer state (of the trainable parameters), plus the activations
+    kept for backward, measured on one ``probe`` px image and scaled by area (exact for a
+    convolutional network up to the rounding of its strides), with the same 1.5 factor as
+    :func:`plan_memory`.
     """
-    n_params = sum(p.numel() for p in model.parameters())
-    states = 1 if optimizer == "sgd" else 2
-    fixed = n_params * 4 * (2 + states)
+    fixed = _fixed_bytes(model, optimizer)
     with torch.enable_grad():
         act, _ = _activation_bytes(model, torch.zeros(1, 3, probe, probe))
     per_image = act * 1.5 * (side / probe) ** 2 + 3 * side * side * 4

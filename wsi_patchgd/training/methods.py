@@ -146,6 +146,8 @@ class PatchGD(TrainingMethod):
             m.head_channels,
             m.head_convs,
             m.dropout,
+            patch_size=source.patch_size,
+            trainable=m.trainable,
         )
         n_max = max(grids[i].n_tissue for i in train_ids)
         if p.k is not None:
@@ -281,6 +283,7 @@ class GD(TrainingMethod):
             m.head_convs,
             m.dropout,
             norm=p.norm,
+            trainable=m.trainable,
         )
         return Setup(
             cfg=cfg,
@@ -366,8 +369,9 @@ def gd_side_for_budget(cfg: RunConfig, urls: Sequence[str], so: Any, log: Log) -
     assert p.memory_budget is not None
     largest = max(max(SlideStore(u, so).level_shape(0)) for u in urls)
     probe = build_gd_model(
-        m.backbone, m.num_classes, 64, m.latent_dim, None, m.head_channels, m.head_convs, 0.0
-    )
+        m.backbone, m.num_classes, 64, m.latent_dim, None, m.head_channels, m.head_convs, 0.0,
+        trainable=m.trainable,
+    )  # fmt: skip
     side = plan_gd_image_size(
         probe,
         cfg.schedule.batch_size,
