@@ -118,8 +118,11 @@ def test_prepare_writes_complete_stores_with_the_grades(
     rows = read_manifest(prepared.manifest, num_classes=6)  # opens every store
     assert len(rows) == len(GRADES)
     assert MISSING not in {r.slide_id for r in rows}
+    with open(panda_root / "train.csv", newline="") as fh:
+        providers = {r["image_id"]: r["data_provider"] for r in csv.DictReader(fh)}
     for r in rows:
         assert r.label == grades[r.slide_id]
+        assert r.provider == providers[r.slide_id] != ""  # kept for per-provider evaluation
         s = SlideStore(r.store)
         assert s.complete and s.patch_size == 128
         assert s.level_shape(0) == (H, W) and s.n_levels == 2

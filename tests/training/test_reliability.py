@@ -100,7 +100,7 @@ def test_predict_writes_only_its_csv_and_keeps_relative_stores(
     with open(out_dir / "pred.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["store"] for r in rows] == stores
-    assert all(abs(float(r["p0"]) + float(r["p1"]) - 1) < 1e-3 for r in rows)
+    assert all(abs(float(r["prob_0"]) + float(r["prob_1"]) - 1) < 1e-3 for r in rows)
 
 
 @pytest.mark.parametrize("bad", ["a/b", "x\\y", "c:d", "..", "tab\there"])

@@ -110,10 +110,12 @@ def test_evaluate_and_predict(trained: Path, tiny_dataset: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     lines = out.read_text().splitlines()
-    assert lines[0] == "slide_id,store,pred,p0,p1" and len(lines) == 3
+    assert lines[0] == "slide_id,store,pred,prob_0,prob_1" and len(lines) == 3
     assert {p.name for p in (tiny_dataset / "hm").iterdir()} == {
         "heatmap-s06.png",
         "heatmap-s07.png",
+        "s06.geojson",
+        "s07.geojson",
     }
 
 

@@ -63,12 +63,35 @@ def train_command(
 @click.argument("checkpoint", type=click.Path(dir_okay=True))
 @click.option("--folds", default=None, help="Comma-separated folds (default: the run's val).")
 @click.option("--manifest", default=None, help="Another manifest to evaluate on.")
+@click.option(
+    "--bootstrap",
+    "resamples",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Bootstrap resamples of the 95 % intervals (0: none).",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the resamples.")
+@click.option(
+    "--by",
+    default="provider",
+    show_default=True,
+    help="Manifest column to break the metrics down by (PANDA's data_provider counts as "
+    "provider); skipped when the manifest lacks it.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
 def evaluate_command(
-    checkpoint: str, folds: str | None, manifest: str | None, as_json: bool
+    checkpoint: str,
+    folds: str | None,
+    manifest: str | None,
+    resamples: int,
+    seed: int,
+    by: str,
+    as_json: bool,
 ) -> None:
-    """Accuracy, QWK and confusion matrix of a checkpoint (a .pt file or a run directory)."""
+    """Accuracy, QWK (with bootstrap 95 % intervals), per-provider rows and confusion matrix of a
+    checkpoint (a .pt file or a run directory)."""
     f = None
     if folds is not None:
         try:
@@ -80,22 +103,56 @@ def evaluate_command(
     ck = _checkpoint_file(checkpoint)
     from ..training.inference import dump, evaluate_checkpoint  # torch: after the quick checks
 
-    res = evaluate_checkpoint(ck, f, manifest)
+    res = evaluate_checkpoint(ck, f, manifest, resamples=resamples, seed=seed, by=by or None)
     if as_json:
         click.echo(dump(res))
         return
     click.echo(
-        f"checkpoint {res['checkpoint']} (epoch {res['epoch']}): "
-        f"accuracy {res['accuracy']:.4f}  QWK {res['qwk']:.4f}  loss {res['loss']:.4f}"
+        f"checkpoint {res['checkpoint']} (epoch {res['epoch']}), {res['n']} slides: "
+        f"accuracy {_with_ci(res, 'accuracy')}  QWK {_with_ci(res, 'qwk')}  "
+        f"loss {res['loss']:.4f}"
     )
+    if "accuracy_ci" in res:
+        click.echo(f"(95 % intervals: percentile bootstrap, {resamples} resamples, seed {seed})")
+    groups = res.get("groups")
+    if groups:
+        for r in groups["rows"]:
+            click.echo(
+                f"  {groups['column']} {r['group'] or '(empty)'}: {r['n']} slides, accuracy "
+                f"{_with_ci(r, 'accuracy')}  QWK {_with_ci(r, 'qwk')}"
+            )
     click.echo(f"confusion (rows: true): {res['confusion']}")
+
+
+def _with_ci(res: dict, key: str) -> str:
+    ci = res.get(f"{key}_ci")
+    if not ci:
+        return f"{res[key]:.4f}"
+    return f"{res[key]:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
 @click.command("predict")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False))
 @click.argument("stores", nargs=-1, required=True)
 @click.option("--out", "out", required=True, help="predictions.csv")
-@click.option("--heatmaps", default=None, help="Folder for per-slide heat map PNGs.")
+@click.option(
+    "--heatmaps",
+    default=None,
+    help="Folder for per-slide heat map PNGs and QuPath GeoJSON; also writes the layer "
+    "heatmaps/patchgd (and labels/patchgd) into each store.",
+)
+@click.option(
+    "--store-layer/--no-store-layer",
+    default=True,
+    show_default=True,
+    help="With --heatmaps: write the heat map into each store as an OME-Zarr layer.",
+)
+@click.option(
+    "--ordinal/--no-ordinal",
+    default=None,
+    help="Classes are ordered grades (PANDA ISUP 0-5): add expected_grade = sum_k k*p_k. "
+    "Default: what the checkpoint's config says, else no.",
+)
 @storage_options_option
 @one_line_errors
 def predict_command(
@@ -103,6 +160,8 @@ def predict_command(
     stores: tuple[str, ...],
     out: str,
     heatmaps: str | None,
+    store_layer: bool,
+    ordinal: bool | None,
     storage_options: str | None,
 ) -> None:
     """Predict the class of each store with a checkpoint; write a CSV (and heat maps)."""
@@ -113,7 +172,10 @@ def predict_command(
     ck = _checkpoint_file(checkpoint)
     from ..training.inference import predict_stores  # torch: after the quick checks
 
-    preds = predict_stores(ck, list(stores), out, heatmaps, opts)
+    preds = predict_stores(
+        ck, list(stores), out, heatmaps, opts, ordinal=ordinal, store_layer=store_layer
+    )
     for p in preds:
-        click.echo(f"{p['slide_id']}: class {p['pred']}  p={max(p['probs']):.3f}")
-    click.echo(f"wrote {out}")
+        grade = f"  expected grade {p['expected_grade']:.2f}" if "expected_grade" in p else ""
+        click.echo(f"{p['slide_id']}: class {p['pred']}  p={max(p['probs']):.3f}{grade}")
+    click.echo(f"wrote {out}" + (f" and {heatmaps}" if heatmaps else ""))

@@ -24,6 +24,7 @@ class ManifestRow:
     store: str
     label: int
     fold: int
+    provider: str = ""  # where the slide comes from (PANDA: radboud / karolinska), if known
 
 
 def read_manifest(
@@ -115,7 +116,8 @@ def read_manifest(
             store = str(local_path(base) / store)
         elif not is_remote(store) and is_remote(url) and "://" not in store:
             store = f"{base}/{store}"
-        rows.append(ManifestRow(sid, store, label, fold))
+        provider = (rec.get("provider") or rec.get("data_provider") or "").strip()
+        rows.append(ManifestRow(sid, store, label, fold, provider))
     if not rows:
         raise ManifestError(f"{url}: no rows")
     if check_stores:
@@ -145,11 +147,14 @@ def check_manifest_stores(
 
 
 def write_manifest(url: str, rows: Sequence[ManifestRow]) -> None:
-    """Write a manifest CSV (local path)."""
+    """Write a manifest CSV (local path); a ``provider`` column when any row has one."""
     p = local_path(url)
     p.parent.mkdir(parents=True, exist_ok=True)
+    with_provider = any(r.provider for r in rows)
     with open(p, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["slide_id", "store", "label", "fold"])
+        w.writerow(["slide_id", "store", "label", "fold"] + (["provider"] if with_provider else []))
         for r in rows:
-            w.writerow([r.slide_id, r.store, r.label, r.fold])
+            w.writerow(
+                [r.slide_id, r.store, r.label, r.fold] + ([r.provider] if with_provider else [])
+            )

@@ -228,7 +228,9 @@ def panda_manifest(
     rows: list[ManifestRow] = []
     for r, f in zip(records, fold_of, strict=True):
         rows.append(
-            ManifestRow(r.image_id, _store_ref(stores_root, r.path, manifest_dir), r.grade, f)
+            ManifestRow(
+                r.image_id, _store_ref(stores_root, r.path, manifest_dir), r.grade, f, r.provider
+            )
         )
     if level is not None:
         for r, row in zip(records, rows, strict=True):

@@ -68,29 +68,55 @@ def evaluate_ids(
     }
 
 
-def latent_heatmap(setup: Setup, image: int, model: nn.Module | None = None) -> np.ndarray:
-    """Per-patch contribution to the predicted class: sum over D of Z * dlogit/dZ (grad x input).
+def latent_contributions(
+    setup: Setup, image: int, model: nn.Module | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch contribution to every class logit: sum over D of Z * dlogit_k/dZ (grad x input).
+
+    One fill of Z, then one backward pass through the head per class (the head only: cheap).
 
     Returns:
-        (n_h, n_w) float64; background and padding cells are nan.
+        ``(contributions, probabilities)``: (K, n_h, n_w) float64, background and padding
+        cells nan; and the slide's (K,) class probabilities from the same forward pass.
     """
     net = model or setup.model
     net.eval()
     latent = fill_latent(net, setup.source, [image], setup.fill_batch_size)
     z = latent.z.detach().requires_grad_(True)
     logits = net.head(z, latent.valid)  # type: ignore[operator]
-    logits[0, int(logits.argmax(1)[0])].backward()
-    assert z.grad is not None
-    heat = (z.grad * z).sum(1)[0].detach().cpu().numpy().astype(np.float64)
     grid = latent.grids[0]
-    heat = heat[: grid.n_h, : grid.n_w]
-    heat[~np.asarray(grid.tissue)] = np.nan
-    return heat
+    tissue = np.asarray(grid.tissue)
+    out = []
+    for k in range(logits.shape[1]):
+        (g,) = torch.autograd.grad(logits[0, k], z, retain_graph=k + 1 < logits.shape[1])
+        heat = (g * z).sum(1)[0].detach().float().cpu().numpy().astype(np.float64)
+        heat = heat[: grid.n_h, : grid.n_w]
+        heat[~tissue] = np.nan
+        out.append(heat)
+    probs = logits.detach().float().softmax(1)[0].cpu().numpy().astype(np.float64)
+    return np.stack(out), probs
 
 
-def write_heatmap(setup: Setup, image: int, out: Path, model: nn.Module | None = None) -> Path:
-    """A PNG of :func:`latent_heatmap` over a thumbnail of the slide (at most 1024 px)."""
-    heat = latent_heatmap(setup, image, model)
+def latent_heatmap(setup: Setup, image: int, model: nn.Module | None = None) -> np.ndarray:
+    """Per-patch contribution to the predicted class (see :func:`latent_contributions`).
+
+    Returns:
+        (n_h, n_w) float64; background and padding cells are nan.
+    """
+    contrib, probs = latent_contributions(setup, image, model)
+    return contrib[int(np.argmax(probs))]
+
+
+def write_heatmap(
+    setup: Setup,
+    image: int,
+    out: Path,
+    model: nn.Module | None = None,
+    heat: np.ndarray | None = None,
+) -> Path:
+    """A PNG of :func:`latent_heatmap` (or of ``heat``) over a thumbnail (at most 1024 px)."""
+    if heat is None:
+        heat = latent_heatmap(setup, image, model)
     store = setup.source.store(image)
     lvl = next(
         (i for i in range(store.n_levels) if max(store.level_shape(i)) <= 1024), store.n_levels - 1

@@ -31,6 +31,8 @@ class ModelConfig:
     #: all | N: train only the backbone's last N blocks (ViT blocks, CNN stages; see
     #: wsi_patchgd.models.freeze) plus its projection and the head; 0: a linear probe
     trainable: int | str = "all"
+    #: the classes are ordered grades (PANDA's ISUP 0-5): predict adds the expected grade
+    ordinal: bool = False
 
 
 def validate_model_config(m: ModelConfig) -> None:
