@@ -1,7 +1,7 @@
 """Lossless re-tiling of a JPEG tile vs decoding it: ms per source tile and bytes, same run.
 
 One 512 px region of the real CMU-1 slide (``../shared/data``), JPEG-encoded 4:4:4 at quality 90
-(what a 512 px pyramidal TIFF tile is), cut into 16 patches of 128 px four ways:
+(what a 512 px pyramidal TIFF tile is), cut into 16 patches of 128 px three ways:
 
 * **cut** - what ``convert --codec jpeg`` does when the patch size divides the tile size
   (``wsi_patchgd.readers.jpeg_crop.cut_tile``: DCT coefficients sliced on block boundaries,
@@ -37,7 +37,7 @@ TILE, PATCH = 512, 128
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Time the four ways on one real tile and print the table."""
+    """Time the three ways on one real tile and print the table."""
     import imagecodecs
     import numcodecs
     import openslide

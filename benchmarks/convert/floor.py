@@ -2,7 +2,7 @@
 
 Measured in the same run as the conversions, on the same slide and with the same threads:
 
-* **decode** - every shard-sized region of every source level the store copies, decoded by
+* **decode** - every shard-sized region of every level of the source, decoded by
   our tile reader (``read_region_chw``), nothing else;
 * **decode + encode** - the same, plus encoding every 256 px chunk with the store's lossless
   codec (what ``ours`` computes, minus shard assembly and files);
@@ -66,10 +66,12 @@ def _decode_pass(source: Path, threads: int, encode: bool) -> tuple[float, int]:
         return n
 
     t = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        nbytes = sum(pool.map(one, _regions(levels)))
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            nbytes = sum(pool.map(one, _regions(levels)))
+    finally:
+        reader.close()
     seconds = time.perf_counter() - t
-    reader.close()
     return seconds, nbytes
 
 
@@ -79,6 +81,7 @@ def _write_pass(workdir: Path, nbytes: int, threads: int, shard_bytes: int) -> f
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     block = np.random.default_rng(0).integers(0, 256, shard_bytes, np.uint8).tobytes()
+    shard_bytes = max(1, shard_bytes)
     n = max(1, nbytes // shard_bytes)
 
     def one(i: int) -> None:

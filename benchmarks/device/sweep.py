@@ -100,7 +100,7 @@ def run_config(args: argparse.Namespace, method: str, side: int, dtype: str) -> 
         res["status"] = "ok"
     except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as exc:
         res["status"] = "OOM" if is_oom(exc) else "error"
-        res["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        res["reason"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
         out = {}
     finally:
         res.update(meter.stop())
@@ -116,7 +116,9 @@ def run_config(args: argparse.Namespace, method: str, side: int, dtype: str) -> 
                 sync()
                 times.append(time.perf_counter() - t0)
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:  # fragmentation, rarely
-            res["repeat_failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            res["repeat_failed"] = (
+                f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+            )
         res["repeat_s"] = times
         res["step_s"] = float(np.mean(times)) if times else res["first_step_s"]
         if "patches" in out:

@@ -48,7 +48,9 @@ from .options import (
     show_default=True,
 )
 @scheduler_option
-@click.option("--workers", type=int, default=None, help="Threads (default: all cores).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Threads (default: all cores)."
+)
 @dashboard_option
 @overwrite_option
 @click.option("--report", default=None, help="Write a JSON report of every slide here.")

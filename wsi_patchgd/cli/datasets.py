@@ -48,7 +48,9 @@ from .options import check_writable, dashboard_option, overwrite_option, schedul
     help="Folder of the MNIST IDX files (default: $WSI_PATCHGD_MNIST or ../shared/data/mnist).",
 )
 @click.option("--patch-size", type=int, default=32, show_default=True, help="Chunk = patch side.")
-@click.option("--workers", type=int, default=None, help="Processes (default: cores, max 8).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Processes (default: cores, max 8)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="A line every 10 % instead of a bar.")
 @one_line_errors
@@ -108,7 +110,9 @@ def make_ultramnist_command(
 @click.option(
     "--level", type=int, default=None, help="Level training will read (kept stores have it)."
 )
-@click.option("--workers", type=int, default=None, help="Threads (default: all cores).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Threads (default: all cores)."
+)
 @scheduler_option
 @overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="A line per image instead of a bar.")
@@ -185,7 +189,9 @@ def prepare_panda_command(
     help="Also convert into stores and write manifest.csv.",
 )
 @click.option("--patch-size", type=int, default=256, show_default=True)
-@click.option("--workers", type=int, default=None, help="Dask threads for the conversion.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Threads of the conversion."
+)
 @dashboard_option
 @one_line_errors
 def make_synthetic_command(

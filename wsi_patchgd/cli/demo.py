@@ -34,7 +34,9 @@ from .options import check_writable
 )
 @click.option("--backbone", default="resnet18", show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--workers", type=int, default=None, help="Dask threads for the conversion.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Threads of the conversion."
+)
 @click.option("--quiet", "-q", is_flag=True)
 @one_line_errors
 def command(

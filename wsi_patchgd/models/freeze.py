@@ -119,7 +119,7 @@ def freeze_trunk(trunk: nn.Module, trainable: int | str, name: str = "backbone")
             after_last = True
             p.requires_grad_(n > 0)
         else:
-            p.requires_grad_(after_last)
+            p.requires_grad_(after_last and n > 0)  # 0: a linear probe, the neck frozen too
     for _, module in kept:
         module.requires_grad_(True)
     return [b for b, _ in kept]

@@ -90,15 +90,15 @@ def _create(bare: str, patch_size: int | None, pretrained: bool) -> nn.Module:
     import timm
 
     sized: dict[str, Any] = {} if patch_size is None else {"img_size": patch_size}
-    attempts = [{**sized, "dynamic_img_size": True}, sized, {}]
+    attempts = [{**sized, "dynamic_img_size": True}, *([sized] if sized else []), {}]
     error: Exception | None = None
     for extra in attempts:
         try:
             return timm.create_model(bare, pretrained=pretrained, num_classes=0, **extra)
         except TypeError as exc:  # a model without img_size / dynamic_img_size arguments
-            if not any(key in str(exc) for key in extra):
-                raise
             error = exc
+            if not any(key in str(exc) for key in extra):
+                break
         except (OSError, RuntimeError, ValueError) as exc:
             where = "the Hugging Face Hub" if bare.startswith("hf-hub:") or pretrained else "timm"
             raise ConfigError(

@@ -104,9 +104,10 @@ def dask_client(
 
 
 def dask_shard_runner(client: Any) -> ShardRunner:
-    """Run one level's shard tasks as a lazy Dask graph on ``client``."""
+    """Run a batch of shard tasks as a lazy Dask graph on ``client``. The first failure
+    cancels the others and is raised once none is running (no shard is written after)."""
     import dask
-    from distributed import as_completed
+    from distributed import as_completed, wait
 
     def run(tasks: list[ShardTask], on_done: Callable[[ShardDone], None]) -> None:
         graph = [dask.delayed(write_shard, pure=False)(*t) for t in tasks]
@@ -116,6 +117,7 @@ def dask_shard_runner(client: Any) -> ShardRunner:
                 on_done(fut.result())
         except BaseException:
             client.cancel(futures)
+            wait(futures)
             raise
 
     return run
@@ -247,14 +249,12 @@ def convert_many(
             list(pool.map(lambda a: one(a[0], a[1], runner), enumerate(sources)))
 
     try:
-        if not sources:
-            pass
-        elif client is not None:
+        if sources and client is not None:
             run_all(dask_shard_runner(client))
-        elif scheduler is None and not dashboard:
+        elif sources and scheduler is None and not dashboard:
             with ThreadPoolExecutor(workers or os.cpu_count() or 1, "wsi-shard") as threads:
                 run_all(thread_shard_runner(threads))
-        else:
+        elif sources:
             with dask_client(scheduler, workers, dashboard=dashboard) as cl:
                 run_all(dask_shard_runner(cl))
     finally:

@@ -30,7 +30,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -197,8 +197,8 @@ def convert_slide(
         dest: store path or URL.
         options: conversion options.
         source_options, store_options: fsspec options for the two URLs.
-        run_shards: executes the shard tasks of one level (Dask in
-            :func:`~wsi_patchgd.store.convert_many`).
+        run_shards: executes a batch of shard tasks that may run together (a thread pool or
+            Dask in :func:`~wsi_patchgd.store.convert_many`).
         on_progress: called with megapixels after each shard.
         on_plan: called once with the megapixels still to write.
 
@@ -220,9 +220,6 @@ def convert_slide(
         plans = plan_levels(reader, options)
         if options.codec == "jpeg":
             plans = with_passthrough(plans, jpeg_levels(source, options.patch_size, source_options))
-        # a new store: start detecting tissue now (an existing one may be complete: skipped)
-        fresh = not _has_store(dest, store_options)
-        mask = side.submit(early_mask, reader, plans, options) if fresh else None
         clock.lap("plan")
         lock = StoreLock(dest, store_options, options.lock_stale_after)
         if not lock.acquire(options.lock_wait):
@@ -235,6 +232,10 @@ def convert_slide(
                 timings=clock.lap("lock"),
             )
         clock.lap("lock")
+        # a new store: start detecting tissue now (an existing one may be complete: skipped)
+        fresh = not _has_store(dest, store_options)
+        mask = side.submit(early_mask, reader, plans, options) if fresh else None
+        early: Future[dict[str, Any] | None] | None = None
         try:
             switched = recover(dest, store_options)
             if (
@@ -315,6 +316,11 @@ def convert_slide(
                 lock.check()
                 switch_in(dest, store_options)
         finally:
+            # the tissue thread writes into the store: stopped or finished before the lock goes
+            pending: list[Future[Any]] = [
+                f for f in (early, mask) if f is not None and not f.cancel()
+            ]
+            wait(pending)
             lock.release()
     timings = {**clock.lap("finish"), **shard_seconds}
     return SlideResult(

@@ -57,7 +57,7 @@ class ConvertJob:
 #: One shard task: the job, the level, and the shard's row and column.
 ShardTask = tuple[ConvertJob, LevelPlan, int, int]
 
-#: Runs one level's shard tasks, calling back with what each shard task did.
+#: Runs a batch of shard tasks, calling back with what each shard task did.
 ShardRunner = Callable[[list[ShardTask], Callable[["ShardDone"], None]], None]
 
 
@@ -206,7 +206,7 @@ def run_shards_locally(tasks: list[ShardTask], on_done: Callable[[ShardDone], No
 
 
 def thread_shard_runner(pool: Executor) -> ShardRunner:
-    """Run one level's shard tasks on a thread pool of this process (no Dask: for jobs one
+    """Run a batch of shard tasks on a thread pool of this process (no Dask: for jobs one
     machine's threads finish sooner than a cluster starts). The first failure cancels the
     tasks not yet started and is raised once the running ones have stopped."""
 
