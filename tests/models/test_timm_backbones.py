@@ -53,10 +53,13 @@ def test_patchgd_trains_two_epochs(tiny_dataset: Path, tmp_path: Path, backbone:
         "schedule.epochs=2",
         "output.heatmaps=0",
         "model.trainable=1",
+        "patchgd.memory_budget=1GB",  # k and the fill batch from the memory planner
     ]
     cfg = load_config(tiny_dataset / "config.yaml", overrides)
     torch.manual_seed(cfg.seed)  # what train() does before building: the same initial model
-    initial = build(cfg, log=lambda *a: None).model.state_dict()
+    lines: list[str] = []
+    initial = build(cfg, log=lambda *a: lines.append(" ".join(map(str, a)))).model.state_dict()
+    assert any("memory budget 1GB: k=" in x for x in lines), lines
     summary = train(cfg, quiet=True)
     assert summary["epochs"] == 2 and summary["val_accuracy"] is not None
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
