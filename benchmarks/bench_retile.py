@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     import openslide
 
     from wsi_patchgd.readers.jpeg_crop import abbreviate, cut_tile
+    from wsi_patchgd.store.chunk_reader import BLOSC_SHUFFLE
     from wsi_patchgd.store.format import compressors
 
     ap = parser(__doc__, NAME, None, "(unused)", "fewer repeats (smoke run)")
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     n = TILE // PATCH
     want = [(i, j) for i in range(n) for j in range(n)]
     cfg = compressors("blosc-lz4")[0].to_dict()["configuration"]
-    lz4 = numcodecs.Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=2)
+    lz4 = numcodecs.Blosc(
+        cname=cfg["cname"], clevel=cfg["clevel"], shuffle=BLOSC_SHUFFLE[cfg["shuffle"]]
+    )
 
     def cut() -> list[bytes]:
         return list(cut_tile(src, None, PATCH, want).values())

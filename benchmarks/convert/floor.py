@@ -43,6 +43,7 @@ def _regions(levels: list[tuple[int, int]]) -> list[tuple[int, int, int, int, in
 def _decode_pass(source: Path, threads: int, encode: bool) -> tuple[float, int]:
     """(seconds, encoded bytes) of decoding (and encoding) every region of every level."""
     from wsi_patchgd.readers import open_slide
+    from wsi_patchgd.store.chunk_reader import BLOSC_SHUFFLE
     from wsi_patchgd.store.format import compressors
 
     reader = open_slide(str(source))
@@ -50,7 +51,9 @@ def _decode_pass(source: Path, threads: int, encode: bool) -> tuple[float, int]:
     cfg = compressors("blosc-lz4")[0].to_dict()["configuration"]
     import numcodecs
 
-    codec = numcodecs.Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=2)
+    codec = numcodecs.Blosc(
+        cname=cfg["cname"], clevel=cfg["clevel"], shuffle=BLOSC_SHUFFLE[cfg["shuffle"]]
+    )
 
     def one(region: tuple[int, int, int, int, int]) -> int:
         lv, x, y, w, h = region

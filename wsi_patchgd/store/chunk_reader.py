@@ -52,6 +52,10 @@ def read_pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+#: zarr's Blosc shuffle names -> numcodecs' numbers
+BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+
 def supports(meta: dict[str, Any]) -> bool:
     """True if the array metadata (zarr.json dict) is a layout this reader handles."""
     codecs = meta.get("codecs", [])
@@ -105,9 +109,7 @@ class ShardedArray:
         elif inner:
             conf = dict(inner[0].get("configuration", {}))
             if inner[0]["name"] == "blosc":
-                shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[
-                    conf.get("shuffle", "noshuffle")
-                ]
+                shuffle = BLOSC_SHUFFLE[conf.get("shuffle", "noshuffle")]
                 self._codec = numcodecs.Blosc(
                     cname=conf.get("cname", "lz4"),
                     clevel=int(conf.get("clevel", 5)),

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -191,11 +192,13 @@ def _put_node(
     if not is_remote(url):
         dest = local_path(url) / rel
         for left in dest.parent.glob(f".{dest.name}.*-*"):  # of a killed earlier write
-            shutil.rmtree(left, ignore_errors=True)
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+            if not _alive(left.name.rsplit("-", 2)[-2]):  # not another live process's
+                shutil.rmtree(left, ignore_errors=True)
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = dest.with_name(f".{dest.name}.tmp-{tag}")
         group = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w")
         _write_group(group, data, fill, ome, meta)
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        old = dest.with_name(f".{dest.name}.old-{tag}")
         if dest.exists():
             os.replace(dest, old)
         os.replace(tmp, dest)
@@ -209,6 +212,17 @@ def _put_node(
         fs.rm(path, recursive=True)
     group = zarr.open_group(zarr_store(join(url, rel), storage_options), mode="w")
     _write_group(group, data, fill, ome, meta)
+
+
+def _alive(pid: str) -> bool:
+    """Whether ``pid`` is another running process (whose layer temp folder may be in use)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()
 
 
 def write_patch_layer(
@@ -285,6 +299,7 @@ def write_patch_layer(
         why = (str(exc).strip().splitlines() or [""])[0]
         raise StoreError(
             f"{url}: cannot write the layer {name!r} into the store ({type(exc).__name__}: "
-            f"{why}); the store is unchanged. Make it writable, or leave the layer out"
+            f"{why}); its levels and tissue are unchanged, the layer may be missing or "
+            "incomplete. Make the store writable and rerun, or leave the layer out"
         ) from exc
     return written

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import StoreError
 from ..plots import file_stem
 from ..store.layers import LabelClass, PatchLayout, write_patch_layer
 from .evaluate import latent_contributions, write_heatmap
@@ -138,6 +139,7 @@ def write_slide_outputs(
     stem = file_stem(row.slide_id)
     done: dict[str, Any] = {"pred": pred, "probs": probs.tolist()}
     png = folder / f"heatmap-{stem}.png"
+    png.unlink(missing_ok=True)  # an earlier run's picture is not this run's
     plot_or_warn(log, png, lambda: write_heatmap(setup, image, png, heat=heat))
     if png.is_file():
         done["png"] = str(png)
@@ -163,5 +165,7 @@ def write_slide_outputs(
             )
         except Exception as exc:  # a read-only (remote) store: the other outputs stand
             why = (str(exc).strip().splitlines() or [""])[0]
+            if not isinstance(exc, StoreError):  # not expected: say what it was
+                why = f"{store.location}: layer not written ({type(exc).__name__}: {why})"
             log(f"warning: {why}")
     return done
