@@ -40,8 +40,9 @@ def _regions(levels: list[tuple[int, int]]) -> list[tuple[int, int, int, int, in
     ]
 
 
-def _decode_pass(source: Path, threads: int, encode: bool) -> tuple[float, int]:
-    """(seconds, encoded bytes) of decoding (and encoding) every region of every level."""
+def _decode_pass(source: Path, threads: int, encode: bool) -> tuple[float, int, int]:
+    """(seconds, encoded bytes, regions) of decoding (and encoding) every region of every
+    level."""
     from wsi_patchgd.readers import open_slide
     from wsi_patchgd.store.chunk_reader import BLOSC_SHUFFLE
     from wsi_patchgd.store.format import compressors
@@ -71,11 +72,12 @@ def _decode_pass(source: Path, threads: int, encode: bool) -> tuple[float, int]:
     t = time.perf_counter()
     try:
         with ThreadPoolExecutor(threads) as pool:
-            nbytes = sum(pool.map(one, _regions(levels)))
+            regions = _regions(levels)
+            nbytes = sum(pool.map(one, regions))
     finally:
         reader.close()
     seconds = time.perf_counter() - t
-    return seconds, nbytes
+    return seconds, nbytes, len(regions)
 
 
 def _write_pass(workdir: Path, nbytes: int, threads: int, shard_bytes: int) -> float:
@@ -103,9 +105,8 @@ def _write_pass(workdir: Path, nbytes: int, threads: int, shard_bytes: int) -> f
 
 def machine_floor(source: Path, workdir: Path, threads: int, store_mb: float) -> dict[str, Any]:
     """The three passes on ``source`` and the floor they give (see the module docstring)."""
-    decode_s, _ = _decode_pass(source, threads, encode=False)
-    decode_encode_s, encoded = _decode_pass(source, threads, encode=True)
-    n_shards = max(1, sum(1 for _ in _regions_of(source)))
+    decode_s, _, _ = _decode_pass(source, threads, encode=False)
+    decode_encode_s, encoded, n_shards = _decode_pass(source, threads, encode=True)
     write_s = _write_pass(workdir, int(store_mb * 1e6), threads, int(store_mb * 1e6 / n_shards))
     return {
         "decode_s": decode_s,
@@ -115,10 +116,3 @@ def machine_floor(source: Path, workdir: Path, threads: int, store_mb: float) ->
         "write_mb_per_s": store_mb / write_s,
         "floor_s": decode_encode_s + write_s,
     }
-
-
-def _regions_of(source: Path) -> list[tuple[int, int, int, int, int]]:
-    from wsi_patchgd.readers import open_slide
-
-    with open_slide(str(source)) as reader:
-        return _regions([(lv.width, lv.height) for lv in reader.levels])

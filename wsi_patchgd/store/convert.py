@@ -38,7 +38,7 @@ import numpy as np
 import zarr
 
 from ..errors import StoreError
-from ..io import StorageOptions, filesystem, zarr_store
+from ..io import StorageOptions, zarr_store
 from ..readers import SlideReader, open_slide
 from ..readers.tiff_tiles import jpeg_levels
 from .format import ATTR_KEY, PROGRESS_PREFIX
@@ -50,6 +50,7 @@ from .lifecycle import (
     remove_prefix,
     same_source,
     store_metadata,
+    store_state,
 )
 from .lock import StoreLock
 from .overwrite import recover, step, switch_in
@@ -143,15 +144,6 @@ def _shard_tasks(
     return per_level, todo_mp
 
 
-def _has_store(dest: str, storage_options: StorageOptions | None) -> bool:
-    """Whether ``dest`` already holds a Zarr group (complete or not)."""
-    fs, root = filesystem(dest, storage_options)
-    try:
-        return bool(fs.exists(root.rstrip("/") + "/zarr.json"))
-    except OSError:
-        return True  # cannot tell: behave as for an existing store
-
-
 def _tissue_early(
     mask: Future[np.ndarray | None] | None,
     reader: SlideReader,
@@ -233,7 +225,7 @@ def convert_slide(
             )
         clock.lap("lock")
         # a new store: start detecting tissue now (an existing one may be complete: skipped)
-        fresh = not _has_store(dest, store_options)
+        fresh = store_state(dest, store_options) is None  # nothing there yet
         mask = side.submit(early_mask, reader, plans, options) if fresh else None
         early: Future[dict[str, Any] | None] | None = None
         try:
