@@ -114,6 +114,15 @@ def report(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
                 f"and decoding, {st['shards.encode']:.2f} s encoding, {st['shards.write']:.2f} s "
                 f"writing (thread-seconds; the stage took {st['shards']:.2f} s of wall time)"
             )
+        if "tissue.detect" in st:
+            copy = st["shards.read"] + st["shards.encode"] + st["shards.write"]
+            side = st["tissue.detect"] + st["tissue.tables"]
+            lines.append(
+                f"{r['size']}^2 {r['impl']}: tissue beside the copy: detection "
+                f"{st['tissue.detect']:.2f} s + mask and tables {st['tissue.tables']:.2f} s = "
+                f"{side:.2f} s of the side thread ({side / copy:.2f}x the copy's {copy:.2f} "
+                f"thread-s); {st['tissue']:.2f} s waited for after the copy"
+            )
         if r.get("floor"):
             f = r["floor"]
             lines.append(

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CMU, KIDNEY, TCGA
-from wsi_patchgd.errors import StoreError, StoreIncompleteError
+from wsi_patchgd.errors import StoreError, StoreIncompleteError, WsiPatchGDError
 from wsi_patchgd.store import (
     ATTR_KEY,
     ConvertOptions,
@@ -230,13 +230,16 @@ def test_result_reports_seconds_per_stage(tmp_path: Path, data_dir: Path) -> Non
     wall = time.perf_counter() - t0
     assert r.status == "ok", r
     split = ["shards.read", "shards.encode", "shards.write"]
-    assert list(r.timings) == [*STAGES, *split]
+    side = ["tissue.detect", "tissue.tables"]  # the mask level comes from the source: beside
+    assert list(r.timings) == [*STAGES, *split, *side]
     assert all(t >= 0 for t in r.timings.values()), r.timings
     assert r.timings["shards"] > 0 and r.timings["tissue"] > 0
-    assert all(r.timings[k] > 0 for k in split), r.timings
+    assert all(r.timings[k] > 0 for k in split + side), r.timings
     assert sum(r.timings[k] for k in STAGES) <= r.seconds <= wall
     # one thread ran the shards here: their parts fit in the stage's wall time
     assert sum(r.timings[k] for k in split) <= r.timings["shards"]
+    # the side thread started after the lock and ended before the tissue stage did
+    assert sum(r.timings[k] for k in side) <= r.seconds - r.timings["plan"]
     write_report(str(tmp_path / "r.json"), [r], OPTS)
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["slides"][0]["timings"] == r.timings
@@ -349,6 +352,36 @@ def test_early_tissue_mask_is_the_mask_of_the_written_level(stores: dict[str, Pa
         meta = json.loads((stores[name] / "zarr.json").read_text())["attributes"][ATTR_KEY]
         level = np.asarray(store.array(meta["tissue"]["mask_level"])[:]).transpose(1, 2, 0)
         np.testing.assert_array_equal(store.tissue_mask(), detect_tissue(level, OPTS.tissue))
+
+
+def test_mask_level_is_as_fine_as_the_patch_grid_needs(stores: dict[str, Path]) -> None:
+    """The mask comes from the coarsest level within mask_max_size that keeps 16 mask pixels
+    along a level-0 patch side; where none keeps them, and with no such limit, from the finest
+    level within mask_max_size."""
+    from wsi_patchgd.readers import open_slide
+    from wsi_patchgd.store.plan import plan_levels
+    from wsi_patchgd.store.tissue_tables import early_mask, mask_plan
+
+    with open_slide(str(TCGA)) as reader:
+        plans = plan_levels(reader, OPTS)
+        lvl = mask_plan(plans, OPTS)
+        assert (lvl.downsample, max(lvl.height, lvl.width)) == (16.0, 277)  # 256 / 16 = 16 px
+        unlimited = ConvertOptions(**{**OPTS.__dict__, "mask_patch_pixels": 10**6})
+        finest = mask_plan(plans, unlimited)
+        assert (finest.downsample, max(finest.height, finest.width)) == (8.0, 555)
+        # 64 px patches would need the 4x level (1110 px > mask_max_size): the finest within
+        few = ConvertOptions(**{**OPTS.__dict__, "patch_size": 64})
+        assert mask_plan(plan_levels(reader, few), few).downsample == 8.0
+        # the mask level is three 2x means of the source's 2x level: detected from the source
+        # itself (while the levels are written), the same mask as on the level as stored
+        assert lvl.origin == "downsample:3"
+        early = early_mask(reader, plans, OPTS)
+    store = SlideStore(str(stores[TCGA.name]))
+    assert store.meta.tissue.mask_level == lvl.index
+    assert early is not None
+    with pytest.raises(WsiPatchGDError, match="mask_patch_pixels=0"):
+        ConvertOptions(mask_patch_pixels=0)
+    np.testing.assert_array_equal(early, store.tissue_mask())
 
 
 def test_default_codec_is_bitshuffled_lz4_and_old_stores_still_read(

@@ -83,7 +83,10 @@ class SlideResult:
             Then where the ``shards`` stage's time went, in thread-seconds summed over its
             tasks (so up to threads x its wall time): ``shards.read`` (reading and decoding
             the source, or the level below and its 2x2 mean), ``shards.encode`` (compressing
-            the chunks), ``shards.write`` (the shard objects and their markers).
+            the chunks), ``shards.write`` (the shard objects and their markers). Where the
+            tissue mask was detected beside the copy: ``tissue.detect`` (reading the mask
+            level from the source and detecting tissue) and ``tissue.tables`` (writing the mask
+            and the patch tables), seconds of the side thread, mostly hidden behind ``shards``.
     """
 
     source: str
@@ -144,19 +147,32 @@ def _shard_tasks(
     return per_level, todo_mp
 
 
+def _detect_early(
+    reader: SlideReader, plans: list[LevelPlan], options: ConvertOptions
+) -> tuple[np.ndarray | None, float]:
+    """:func:`~wsi_patchgd.store.tissue_tables.early_mask` and the seconds it took."""
+    t0 = time.perf_counter()
+    return early_mask(reader, plans, options), time.perf_counter() - t0
+
+
 def _tissue_early(
-    mask: Future[np.ndarray | None] | None,
+    mask: Future[tuple[np.ndarray | None, float]] | None,
     reader: SlideReader,
     url: str,
     storage_options: StorageOptions | None,
     plans: list[LevelPlan],
     options: ConvertOptions,
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, dict[str, float]]:
     """Write the tissue arrays from the source's copy of the mask level (detected already, or
-    now), while the levels are written; None, with nothing written, when the mask level is a
-    downsample (it exists only once written: :func:`write_tissue` then reads it)."""
-    m = mask.result() if mask is not None else early_mask(reader, plans, options)
-    return None if m is None else write_tissue(url, storage_options, plans, options, m)
+    now), while the levels are written; None, with nothing written, when the mask level cannot
+    be had from the source (it exists only once written: :func:`write_tissue` then reads it).
+    Also the seconds this side thread spent detecting and writing the tables."""
+    m, detect_s = mask.result() if mask is not None else _detect_early(reader, plans, options)
+    if m is None:
+        return None, {}
+    t0 = time.perf_counter()
+    entry = write_tissue(url, storage_options, plans, options, m)
+    return entry, {"tissue.detect": detect_s, "tissue.tables": time.perf_counter() - t0}
 
 
 def _batches(plans: list[LevelPlan], per_level: list[list[ShardTask]]) -> list[list[ShardTask]]:
@@ -226,8 +242,8 @@ def convert_slide(
         clock.lap("lock")
         # a new store: start detecting tissue now (an existing one may be complete: skipped)
         fresh = store_state(dest, store_options) is None  # nothing there yet
-        mask = side.submit(early_mask, reader, plans, options) if fresh else None
-        early: Future[dict[str, Any] | None] | None = None
+        mask = side.submit(_detect_early, reader, plans, options) if fresh else None
+        early: Future[tuple[dict[str, Any] | None, dict[str, float]]] | None = None
         try:
             switched = recover(dest, store_options)
             if (
@@ -290,7 +306,9 @@ def convert_slide(
             for batch in _batches(plans, per_level):
                 run_shards(batch, _done)
             clock.lap("shards")
-            tissue = early.result() or write_tissue(target, store_options, plans, options)
+            tissue, side_seconds = early.result()
+            if tissue is None:
+                tissue = write_tissue(target, store_options, plans, options)
             clock.lap("tissue")
             meta = store_metadata(reader, plans, options, identity, complete=True, tissue=tissue)
             problems = verify_store(target, store_options, meta, deep=True)
@@ -314,7 +332,7 @@ def convert_slide(
             ]
             wait(pending)
             lock.release()
-    timings = {**clock.lap("finish"), **shard_seconds}
+    timings = {**clock.lap("finish"), **shard_seconds, **side_seconds}
     return SlideResult(
         source,
         dest,

@@ -37,6 +37,10 @@ class ConvertOptions:
             (1024 keeps a conversion's peak memory well under 500 MB; the per-patch tables
             are area-weighted, so a 256 px patch of a 64k slide still gets a fraction from
             4 x 4 mask pixels).
+        mask_patch_pixels: the mask needs no more than this many pixels along a level-0 patch
+            side: of the levels within ``mask_max_size``, the coarsest that still has them is
+            used (a small slide's 1024 px level would be finer than its patch grid needs; an
+            8192 px slide with 256 px patches gets its mask from the 512 px level).
         overwrite: rebuild complete stores.
         lock_wait: seconds to wait for a store another job is converting before reporting it
             ``skipped`` (locked by another job).
@@ -52,6 +56,7 @@ class ConvertOptions:
     reader: str = "auto"
     tissue: TissueParams = field(default_factory=TissueParams)
     mask_max_size: int = 1024
+    mask_patch_pixels: int = 16
     overwrite: bool = False
     lock_wait: float = 5.0
     lock_stale_after: float = 120.0
@@ -61,6 +66,11 @@ class ConvertOptions:
             raise WsiPatchGDError(f"patch_size={self.patch_size}: use 8..8192 (256 is usual)")
         if self.shard_patches < 1:
             raise WsiPatchGDError(f"shard_patches={self.shard_patches}: must be >= 1")
+        if self.mask_max_size < 1 or self.mask_patch_pixels < 1:
+            raise WsiPatchGDError(
+                f"mask_max_size={self.mask_max_size}, mask_patch_pixels="
+                f"{self.mask_patch_pixels}: both must be >= 1"
+            )
         if self.max_levels is not None and self.max_levels < 1:
             raise WsiPatchGDError(f"levels={self.max_levels}: must be >= 1")
         compressors(self.codec)  # validates the name

@@ -18,6 +18,7 @@ from ..readers import SlideReader
 from ..tissue import detect_tissue, patch_tissue_fractions, summed_area_table
 from .lifecycle import remove_prefix
 from .plan import ConvertOptions, LevelPlan
+from .tasks import downsample2x
 
 
 def level_fractions(
@@ -49,25 +50,43 @@ def level_fractions(
 
 
 def mask_plan(plans: list[LevelPlan], options: ConvertOptions) -> LevelPlan:
-    """The level the tissue mask is computed on: the finest whose longer side is <=
-    ``options.mask_max_size`` (else the coarsest)."""
-    return next(
-        (pl for pl in plans if max(pl.height, pl.width) <= options.mask_max_size), plans[-1]
-    )
+    """The level the tissue mask is computed on.
+
+    Of the levels whose longer side is <= ``options.mask_max_size`` (else the coarsest level),
+    the coarsest that still has ``options.mask_patch_pixels`` mask pixels along a level-0
+    patch side; where none has, the finest of them.
+    """
+    fit = [pl for pl in plans if max(pl.height, pl.width) <= options.mask_max_size]
+    fit = fit or [plans[-1]]
+    enough = [pl for pl in fit if options.patch_size / pl.downsample >= options.mask_patch_pixels]
+    return enough[-1] if enough else fit[0]
+
+
+#: early_mask reads a source level of at most this many times ``mask_max_size ** 2`` pixels
+EARLY_MAX_AREA = 4
 
 
 def early_mask(
     reader: SlideReader, plans: list[LevelPlan], options: ConvertOptions
 ) -> np.ndarray | None:
-    """The tissue mask computed from the source itself, when the mask level is a copy of one of
-    the source's levels (the same pixels the store will hold), so the conversion can detect
-    tissue while it writes the levels. None when the mask level is a downsample (it exists
-    only once written)."""
-    kind, src = mask_plan(plans, options).origin.split(":")
-    if kind != "source":
+    """The tissue mask computed from the source itself, so the conversion can detect tissue
+    while it writes the levels: the mask level is a copy of one of the source's levels, or the
+    store computes it from one by 2x2 means (:func:`~wsi_patchgd.store.tasks.downsample2x`,
+    applied here the same way: the same pixels the store will hold). None when that source
+    level has more than :data:`EARLY_MAX_AREA` x ``mask_max_size ** 2`` pixels (the mask
+    level is then read back once written)."""
+    target = mask_plan(plans, options)
+    by_index = {pl.index: pl for pl in plans}
+    pl, steps = target, 0
+    while pl.origin.startswith("downsample:"):
+        pl, steps = by_index[int(pl.origin.split(":")[1])], steps + 1
+    if pl.width * pl.height > EARLY_MAX_AREA * options.mask_max_size**2:
         return None
-    lv = reader.levels[int(src)]
-    return detect_tissue(reader.read_region(int(src), 0, 0, lv.width, lv.height), options.tissue)
+    chw = reader.read_region_chw(int(pl.origin.split(":")[1]), 0, 0, pl.width, pl.height)
+    for _ in range(steps):
+        chw = downsample2x(chw)
+    chw = chw[:, : target.height, : target.width]
+    return detect_tissue(np.ascontiguousarray(chw.transpose(1, 2, 0)), options.tissue)
 
 
 def write_tissue(
