@@ -585,3 +585,50 @@ def test_patch_fractions_bad_arguments(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         patch_tissue_fractions(mask, scale, patch_size, grid)
+
+
+def test_hsv_matches_skimage_on_real_tiles() -> None:
+    """The detector's fast HSV (integer case selection) is HSV: skimage's rgb2hsv agrees on
+    every pixel of the real tiles (hue in degrees, up to float32 rounding)."""
+    from skimage.color import rgb2hsv
+
+    from wsi_patchgd.tissue.detect import _hsv
+
+    paths = sorted(TILES.glob("*.png"))[:6]
+    assert paths
+    for path in paths:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        hue, sat, val, bright = _hsv(rgb)
+        ref = rgb2hsv(rgb)
+        d = np.abs(hue / 360.0 - ref[..., 0])
+        np.testing.assert_array_less(np.minimum(d, 1 - d), 1e-5)  # hue wraps at 360
+        np.testing.assert_allclose(sat, ref[..., 1], atol=1e-6)
+        np.testing.assert_allclose(val, ref[..., 2], atol=1e-6)
+        np.testing.assert_allclose(bright, rgb.mean(axis=2) / 255.0, atol=1e-6)
+        assert hue.min() >= 0 and hue.max() < 360
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_square_closing_and_opening_equal_scipy_filters(radius: int) -> None:
+    """The shifted-OR square morphology equals scipy's maximum/minimum filters (edges
+    replicated) on real masks and on noise of odd shapes."""
+    from scipy import ndimage as ndi
+
+    from wsi_patchgd.tissue.detect import _close, _open
+
+    def ref(mask: np.ndarray, first: str) -> np.ndarray:
+        size = 2 * radius + 1
+        u = mask.view(np.uint8)
+        a, b = (ndi.maximum_filter, ndi.minimum_filter)[:: 1 if first == "max" else -1]
+        return b(a(u, size=size, mode="nearest"), size=size, mode="nearest").astype(bool)
+
+    rng = np.random.default_rng(radius)
+    masks = [rng.random((37, 91)) < 0.5, rng.random((5, 3)) < 0.3]
+    masks += [detect_tissue(np.asarray(Image.open(p).convert("RGB"))) for p in _some_tiles()]
+    for m in masks:
+        np.testing.assert_array_equal(_close(m, radius), ref(m, "max"))
+        np.testing.assert_array_equal(_open(m, radius), ref(m, "min"))
+
+
+def _some_tiles() -> list[Path]:
+    return sorted(TILES.glob("*pen*.png"))[:3]
