@@ -91,3 +91,50 @@ def test_fast_patch_reads_from_s3(
     np.testing.assert_array_equal(
         remote.read_patches(0, rows, cols), local.read_patches(0, rows, cols)
     )
+
+
+def test_heatmap_layer_written_into_an_s3_store(
+    s3_bucket: tuple[str, dict[str, str]], data_dir: Path
+) -> None:
+    """predict's store layers on object storage: the float image and the label land in the
+    S3 store readable by zarr, the label is registered once, a rerun replaces the values, and
+    the store's own levels, tissue and root attributes are untouched."""
+    import json
+
+    import zarr
+
+    from wsi_patchgd.io import zarr_store
+    from wsi_patchgd.store.layers import LabelClass, PatchLayout, write_patch_layer
+
+    bucket, so = s3_bucket
+    res = convert_many([str(KIDNEY)], f"{bucket}/s", OPTS, workers=1, quiet=True, store_options=so)
+    assert [r.status for r in res] == ["ok"], res
+    url = f"{bucket}/s/{KIDNEY.stem}.zarr"
+    fs = s3fs.S3FileSystem(endpoint_url=so["endpoint_url"], key="testing", secret="testing")
+    root_before = fs.cat(f"{url}/zarr.json")
+    store = SlideStore(url, so)
+    layout = PatchLayout.of(store, 0)
+    rng = np.random.default_rng(0)
+    classes_info = [LabelClass(1, "negative", (0, 0, 255)), LabelClass(2, "positive", (255, 0, 0))]
+    for attempt in range(2):  # the second write replaces the first
+        values = rng.normal(size=layout.grid_shape).astype(np.float32)
+        values[0, 0] = np.nan  # not scored
+        classes = np.where(np.isnan(values), 0, np.where(values > 0, 2, 1))
+        written = write_patch_layer(
+            url, "patchgd", values, layout, classes, classes_info, storage_options=so
+        )
+        assert written == {"image": "heatmaps/patchgd", "label": "labels/patchgd"}
+        fs.invalidate_cache()
+        group = zarr.open_group(zarr_store(url, so), mode="r")
+        got = np.asarray(group["heatmaps/patchgd/0"][:])
+        np.testing.assert_array_equal(got, values)  # float32 round trip, nan included
+        np.testing.assert_array_equal(np.asarray(group["labels/patchgd/0"][:]), classes)
+        assert group["labels"].attrs["ome"]["labels"] == ["patchgd"], attempt
+        ms = group["heatmaps/patchgd"].attrs["ome"]["multiscales"][0]
+        assert ms["datasets"][0]["path"] == "0"
+    assert fs.cat(f"{url}/zarr.json") == root_before
+    assert SlideStore(url, so).verify(deep=True) == []
+    keys = fs.find(f"{url}/heatmaps") + fs.find(f"{url}/labels")
+    assert not any(".tmp-" in k or ".old-" in k for k in keys)
+    meta = json.loads(fs.cat(f"{url}/labels/patchgd/zarr.json"))
+    assert meta["attributes"]["ome"]["image-label"]["source"] == {"image": "../../"}
