@@ -608,7 +608,7 @@ def test_hsv_matches_skimage_on_real_tiles() -> None:
         assert hue.min() >= 0 and hue.max() < 360
 
 
-@pytest.mark.parametrize("radius", [1, 2, 3])
+@pytest.mark.parametrize("radius", [1, 2, 4, 7])
 def test_square_closing_and_opening_equal_scipy_filters(radius: int) -> None:
     """The shifted-OR square morphology equals scipy's maximum/minimum filters (edges
     replicated) on real masks and on noise of odd shapes."""

@@ -49,16 +49,27 @@ def level_fractions(
     return patch_tissue_fractions(mask, scale, patch_size, grid, sat)
 
 
+#: the mask level is never chosen coarser than this (longer side, px) for the patch grid's sake:
+#: detection's parameters (areas as fractions of the image, a 2 px closing) want a thumbnail
+MASK_MIN_SIZE = 256
+
+
 def mask_plan(plans: list[LevelPlan], options: ConvertOptions) -> LevelPlan:
     """The level the tissue mask is computed on.
 
     Of the levels whose longer side is <= ``options.mask_max_size`` (else the coarsest level),
     the coarsest that still has ``options.mask_patch_pixels`` mask pixels along a level-0
-    patch side; where none has, the finest of them.
+    patch side and a longer side of at least :data:`MASK_MIN_SIZE`; where none has, the finest
+    of them.
     """
     fit = [pl for pl in plans if max(pl.height, pl.width) <= options.mask_max_size]
     fit = fit or [plans[-1]]
-    enough = [pl for pl in fit if options.patch_size / pl.downsample >= options.mask_patch_pixels]
+    enough = [
+        pl
+        for pl in fit
+        if options.patch_size / pl.downsample >= options.mask_patch_pixels
+        and max(pl.height, pl.width) >= MASK_MIN_SIZE
+    ]
     return enough[-1] if enough else fit[0]
 
 

@@ -205,13 +205,22 @@ def _otsu(sat: np.ndarray) -> float:
     return float(threshold_otsu(hist=(counts, centers)))
 
 
+#: _square uses shifted ORs / ANDs up to this radius, scipy's filters beyond
+_SHIFT_MAX_RADIUS = 4
+
+
 def _square(mask: np.ndarray, radius: int, dilate: bool) -> np.ndarray:
     """Dilation (``dilate``) or erosion of a boolean mask by a (2r+1)-square, edges replicated.
 
     Separable, as shifted ORs / ANDs of the edge-padded mask along each axis: the same result
     as ``ndimage.maximum_filter`` / ``minimum_filter`` with ``mode="nearest"``, several times
-    faster for the small radii used here.
+    faster for the small radii used here (larger ones go to those filters: their cost does
+    not grow with the radius).
     """
+    if radius > _SHIFT_MAX_RADIUS:
+        size = 2 * radius + 1
+        f = ndi.maximum_filter if dilate else ndi.minimum_filter
+        return f(mask.view(np.uint8), size=size, mode="nearest").astype(bool)
     op = np.logical_or if dilate else np.logical_and
     size = 2 * radius + 1
     rows = np.pad(mask, ((radius, radius), (0, 0)), mode="edge")
