@@ -374,8 +374,9 @@ def test_mask_level_is_as_fine_as_the_patch_grid_needs(stores: dict[str, Path]) 
         assert mask_plan(plan_levels(reader, few), few).downsample == 8.0
         # huge patches would allow a 17 px mask: never coarser than 256 px (the 277 px level)
         big = ConvertOptions(**{**OPTS.__dict__, "patch_size": 4096, "min_level_size": 16})
-        assert max(plan_levels(reader, big)[-1].width, plan_levels(reader, big)[-1].height) < 32
-        assert mask_plan(plan_levels(reader, big), big).downsample == 16.0
+        big_plans = plan_levels(reader, big)
+        assert max(big_plans[-1].width, big_plans[-1].height) < 32
+        assert mask_plan(big_plans, big).downsample == 16.0
         # the mask level is three 2x means of the source's 2x level: detected from the source
         # itself (while the levels are written), the same mask as on the level as stored
         assert lvl.origin == "downsample:3"

@@ -93,11 +93,10 @@ def early_mask(
         pl, steps = by_index[int(pl.origin.split(":")[1])], steps + 1
     if pl.width * pl.height > EARLY_MAX_AREA * options.mask_max_size**2:
         return None
-    chw = reader.read_region_chw(int(pl.origin.split(":")[1]), 0, 0, pl.width, pl.height)
-    for _ in range(steps):
-        chw = downsample2x(chw)
-    chw = chw[:, : target.height, : target.width]
-    return detect_tissue(np.ascontiguousarray(chw.transpose(1, 2, 0)), options.tissue)
+    img = reader.read_region(int(pl.origin.split(":")[1]), 0, 0, pl.width, pl.height)
+    for _ in range(steps):  # (h, w, 3) viewed as the (3, h, w) the store's means work on
+        img = downsample2x(img.transpose(2, 0, 1)).transpose(1, 2, 0)
+    return detect_tissue(np.ascontiguousarray(img), options.tissue)
 
 
 def write_tissue(
